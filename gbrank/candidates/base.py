@@ -1,0 +1,270 @@
+"""The candidate source protocol, helpers every source shares, and the union of candidate lists.
+
+A source is fitted on the coded history of one fold (every row strictly before ``as_of``) and then
+proposes up to ``k`` items per user as a long frame ``user, item, score, rank``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import polars as pl
+
+from gbrank.columns import (
+    EVENT,
+    EVENT_TYPES,
+    ITEM,
+    N_SOURCES,
+    RANK,
+    SCORE,
+    TS,
+    USER,
+    rank_col,
+    score_col,
+)
+from gbrank.errors import DataError, NotFittedError
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+#: Default weight of each event type in interaction matrices and popularity counts
+#: (index = event code: view, click, cart, purchase).
+EVENT_WEIGHTS: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
+
+#: Schema of every frame returned by ``CandidateSource.generate``.
+CANDIDATE_SCHEMA: dict[str, pl.DataType] = {
+    USER: pl.Int32(),
+    ITEM: pl.Int32(),
+    SCORE: pl.Float32(),
+    RANK: pl.Int32(),
+}
+
+_INT32_MAX = np.iinfo(np.int32).max
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_\-]+$")
+
+
+class CandidateSource(ABC):
+    """Base class of candidate sources: fit on a history, then propose ranked items per user.
+
+    Subclasses store their parameters in the constructor (keyword arguments with defaults) and
+    implement ``_fit`` and ``_generate``; this class validates inputs, keeps the fitted flag and
+    the shared ``n_users_``, ``n_items_``, ``as_of_`` state.
+
+    Output contract of ``generate``: columns ``user`` Int32, ``item`` Int32, ``score`` Float32,
+    ``rank`` Int32; ranks ``1..n`` per user with ``n <= k``; a higher score has a better rank and
+    ties go to the smaller item code; sorted by ``(user, rank)``; one row per ``(user, item)``.
+    Users the source cannot serve get no rows.
+    """
+
+    kind: ClassVar[str]
+    name: str
+    event_weights: Sequence[float]
+
+    def fit(self, history: pl.DataFrame, *, n_users: int, n_items: int, as_of: datetime) -> Self:
+        """Learn from ``history`` (coded events, all strictly before ``as_of``); returns self."""
+        self.check_params()
+        check_history(history, n_users=n_users, n_items=n_items, as_of=as_of)
+        self._fit(history, n_users=n_users, n_items=n_items, as_of=as_of)
+        self.n_users_ = n_users
+        self.n_items_ = n_items
+        self.as_of_ = as_of
+        return self
+
+    def generate(self, users: np.ndarray | pl.Series | Sequence[int], k: int) -> pl.DataFrame:
+        """Up to ``k`` ranked candidates for each user code in ``users`` (duplicates ignored)."""
+        if not hasattr(self, "n_items_"):
+            raise NotFittedError(
+                f"{type(self).__name__} '{self.name}' is not fitted yet: "
+                "call fit(history, n_users=..., n_items=..., as_of=...) first"
+            )
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        codes = as_user_codes(users)
+        if codes.size == 0:
+            return empty_candidates()
+        return self._generate(codes, int(k))
+
+    def check_params(self) -> None:
+        """Raise ``ValueError`` naming the first invalid parameter (called by ``fit``)."""
+        _require(
+            isinstance(self.name, str) and bool(_NAME_PATTERN.match(self.name)),
+            f"name must be letters, digits, '_' or '-', got {self.name!r}",
+        )
+        weights = self.event_weights
+        _require(
+            isinstance(weights, (Sequence, np.ndarray))
+            and len(weights) == len(EVENT_TYPES)
+            and all(_is_number(w) and math.isfinite(w) and w > 0 for w in weights),
+            f"event_weights must be {len(EVENT_TYPES)} positive numbers (one per event type "
+            f"{', '.join(EVENT_TYPES)}), got {list(weights)!r}",
+        )
+        if hasattr(self, "filter_seen"):
+            _require(isinstance(self.filter_seen, bool), "filter_seen must be true or false")
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor parameters and their current values."""
+        return {p: getattr(self, p) for p in inspect.signature(type(self)).parameters}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    @abstractmethod
+    def _fit(self, history: pl.DataFrame, *, n_users: int, n_items: int, as_of: datetime) -> None:
+        """Set the learned state (attributes ending in ``_``); inputs are already validated."""
+
+    @abstractmethod
+    def _generate(self, users: np.ndarray, k: int) -> pl.DataFrame:
+        """Candidates for ``users``: unique, sorted, non-negative Int32 codes; ``k >= 1``."""
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_))
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def require_positive(value: Any, name: str, *, integer: bool = False, zero: bool = False) -> None:
+    """Parameter check shared by the sources: a finite number > 0 (or >= 0 with ``zero``)."""
+    ok = _is_number(value) and math.isfinite(value)
+    ok = ok and (isinstance(value, (int, np.integer)) or not integer)
+    ok = ok and (value >= 0 if zero else value > 0)
+    what = "an integer" if integer else "a number"
+    _require(ok, f"{name} must be {what} {'>= 0' if zero else '> 0'}, got {value!r}")
+
+
+def check_history(history: pl.DataFrame, *, n_users: int, n_items: int, as_of: datetime) -> None:
+    """Check the columns, codes and cutoff of a coded history frame; raise ``DataError``."""
+    missing = [c for c in (USER, ITEM, TS, EVENT) if c not in history.columns]
+    if missing:
+        raise DataError(
+            f"history lacks required column(s) {missing}", fix="pass the coded event frame"
+        )
+    for column in (USER, ITEM, EVENT):
+        if not history.schema[column].is_integer():
+            raise DataError(f"must be integer codes, got {history.schema[column]}", column=column)
+    if not isinstance(history.schema[TS], pl.Datetime):
+        raise DataError(f"must be a Datetime, got {history.schema[TS]}", column=TS)
+    if history.height == 0:
+        raise DataError("history is empty: a candidate source needs at least one event")
+    stats = history.select(
+        *(pl.col(c).null_count().alias(f"{c}_nulls") for c in (USER, ITEM, TS, EVENT)),
+        *(pl.col(c).min().cast(pl.Int64).alias(f"{c}_min") for c in (USER, ITEM, EVENT)),
+        *(pl.col(c).max().cast(pl.Int64).alias(f"{c}_max") for c in (USER, ITEM, EVENT)),
+        pl.col(TS).max().alias("ts_max"),
+    ).row(0, named=True)
+    for column in (USER, ITEM, TS, EVENT):
+        if stats[f"{column}_nulls"]:
+            raise DataError(f"{stats[f'{column}_nulls']} null value(s)", column=column)
+    bounds = {USER: n_users, ITEM: n_items, EVENT: len(EVENT_TYPES)}
+    for column, bound in bounds.items():
+        low, high = stats[f"{column}_min"], stats[f"{column}_max"]
+        if low < 0 or high >= bound:
+            bad = history.filter((pl.col(column) < 0) | (pl.col(column) >= bound))[column]
+            raise DataError(f"codes must lie in [0, {bound})", column=column, values=bad.head(5))
+    if stats["ts_max"] >= as_of:
+        raise DataError(
+            f"history has events at or after as_of={as_of.isoformat()} (latest "
+            f"{stats['ts_max']}); they would leak the future into candidates",
+            column=TS,
+            fix="filter history to ts < as_of before fitting",
+        )
+
+
+def as_user_codes(users: np.ndarray | pl.Series | Sequence[int]) -> np.ndarray:
+    """Unique, sorted Int32 user codes from an array, a Series or a list."""
+    codes = users.to_numpy() if isinstance(users, pl.Series) else np.asarray(users)
+    if codes.ndim != 1:
+        raise ValueError(f"users must be one-dimensional, got shape {codes.shape}")
+    if codes.size == 0:
+        return np.empty(0, dtype=np.int32)
+    if not np.issubdtype(codes.dtype, np.integer):
+        raise ValueError(f"users must be integer codes without nulls, got dtype {codes.dtype}")
+    if codes.min() < 0 or codes.max() > _INT32_MAX:
+        raise ValueError("user codes must lie in [0, 2**31)")
+    return np.unique(codes).astype(np.int32)
+
+
+def event_weight_expr(event_weights: Sequence[float]) -> pl.Expr:
+    """Float64 weight of each row's event type."""
+    return pl.col(EVENT).replace_strict(
+        list(range(len(event_weights))), [float(w) for w in event_weights], return_dtype=pl.Float64
+    )
+
+
+def empty_candidates() -> pl.DataFrame:
+    return pl.DataFrame(schema=CANDIDATE_SCHEMA)
+
+
+def rank_candidates(scored: pl.DataFrame | pl.LazyFrame, k: int | None) -> pl.DataFrame:
+    """Rank ``user, item, score`` rows within each user and keep the best ``k`` (all if None).
+
+    Scores are cast to Float32 *before* sorting, so ranks agree with the scores the caller sees;
+    equal scores go to the smaller item code, which makes the order independent of row order.
+    """
+    ranked = (
+        scored.lazy()
+        .select(
+            pl.col(USER).cast(pl.Int32),
+            pl.col(ITEM).cast(pl.Int32),
+            pl.col(SCORE).cast(pl.Float32),
+        )
+        .sort([USER, SCORE, ITEM], descending=[False, True, False])
+        .with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int32).over(USER).alias(RANK))
+    )
+    if k is not None:
+        ranked = ranked.filter(pl.col(RANK) <= k)
+    return ranked.collect()
+
+
+def union_candidates(frames: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
+    """One row per proposed ``(user, item)`` with every source's score and rank side by side.
+
+    Columns: ``user``, ``item``, then ``{name}_score`` (Float32) and ``{name}_rank`` (Int32) for
+    each source in mapping order (null where that source did not propose the item), then
+    ``n_sources`` (Int8, how many sources proposed it). Sorted by ``user, item``.
+
+    >>> a = pl.DataFrame({"user": [0, 0], "item": [5, 7], "score": [2.0, 1.0], "rank": [1, 2]})
+    >>> b = pl.DataFrame({"user": [0], "item": [7], "score": [0.5], "rank": [1]})
+    >>> union_candidates({"pop": a, "als": b}).select("item", "pop_rank", "als_rank", "n_sources")
+    shape: (2, 4)
+    ┌──────┬──────────┬──────────┬───────────┐
+    │ item ┆ pop_rank ┆ als_rank ┆ n_sources │
+    │ ---  ┆ ---      ┆ ---      ┆ ---       │
+    │ i32  ┆ i32      ┆ i32      ┆ i8        │
+    ╞══════╪══════════╪══════════╪═══════════╡
+    │ 5    ┆ 1        ┆ null     ┆ 1         │
+    │ 7    ┆ 2        ┆ 1        ┆ 2         │
+    └──────┴──────────┴──────────┴───────────┘
+    """
+    if not frames:
+        raise ValueError("union_candidates needs at least one candidate frame")
+    if len(frames) > np.iinfo(np.int8).max:
+        raise ValueError(f"at most {np.iinfo(np.int8).max} sources can be united")
+    names = list(frames)
+    parts = {
+        name: frame.lazy().select(
+            pl.col(USER).cast(pl.Int32),
+            pl.col(ITEM).cast(pl.Int32),
+            pl.col(SCORE).cast(pl.Float32).alias(score_col(name)),
+            pl.col(RANK).cast(pl.Int32).alias(rank_col(name)),
+        )
+        for name, frame in frames.items()
+    }
+    # The distinct keys, then one left join per source: each join is a hash join on two int32
+    # columns, and the row count never exceeds the number of distinct pairs.
+    union = pl.concat([part.select(USER, ITEM) for part in parts.values()]).unique()
+    for part in parts.values():
+        union = union.join(part, on=[USER, ITEM], how="left")
+    n_sources = pl.sum_horizontal(pl.col(rank_col(n)).is_not_null() for n in names)
+    return union.with_columns(n_sources.cast(pl.Int8).alias(N_SOURCES)).sort(USER, ITEM).collect()

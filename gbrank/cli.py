@@ -1,0 +1,316 @@
+"""The ``gbrank`` command line: parses options, calls the library, maps errors to exit codes."""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from gbrank import __version__
+from gbrank.config import DEFAULT_CONFIG_FILE, Config, dump_toml, load_config
+from gbrank.errors import EXIT_INTERNAL, GbrankError
+
+app = typer.Typer(
+    name="gbrank",
+    help="Two-stage recommendation for e-commerce: candidate sources, then gradient-boosted "
+    "rankers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Load, check and synthesize event data.", no_args_is_help=True)
+config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(config_app, name="config")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help=f"TOML config file (default: ./{DEFAULT_CONFIG_FILE} when it exists).",
+    ),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="Override a config key, e.g. --set folds.horizon_days=14 (repeatable).",
+    ),
+]
+WorkspaceOpt = Annotated[
+    Path | None, typer.Option("--workspace", "-w", help="Workspace folder (run.workspace).")
+]
+EventsOpt = Annotated[
+    str | None, typer.Option("--events", help="Events file, glob or folder (data.events).")
+]
+
+
+def _echo(text: str = "") -> None:
+    typer.echo(text)
+
+
+def handle_errors(func: F) -> F:
+    """Turn library errors into a one-line message and the documented exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except GbrankError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+        except Exception:  # an internal error: show the traceback, exit 70
+            traceback.print_exc()
+            typer.echo("error: internal error (see the traceback above)", err=True)
+            raise typer.Exit(EXIT_INTERNAL) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def resolve_config(
+    config: Path | None,
+    overrides: list[str] | None,
+    workspace: Path | None = None,
+    events: str | None = None,
+) -> Config:
+    """Config file (explicit, or ./gbrank.toml), then --set overrides, then dedicated flags."""
+    path: Path | None = config
+    if path is None and Path(DEFAULT_CONFIG_FILE).exists():
+        path = Path(DEFAULT_CONFIG_FILE)
+    extra = list(overrides or [])
+    if workspace is not None:
+        extra.append(f"run.workspace={_toml_str(str(workspace))}")
+    if events is not None:
+        extra.append(f"data.events={_toml_str(events)}")
+    return load_config(path, extra)
+
+
+def _toml_str(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"gbrank {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version_callback, is_eager=True, help="Show the version."),
+    ] = False,
+) -> None:
+    """Two-stage recommendation for e-commerce."""
+
+
+# --------------------------------------------------------------------------- data
+
+
+@data_app.command("synth")
+@handle_errors
+def data_synth(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    users: Annotated[int, typer.Option(help="Number of users.")] = 20_000,
+    items: Annotated[int, typer.Option(help="Number of items.")] = 5_000,
+    days: Annotated[int, typer.Option(help="Days of activity.")] = 60,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes).")] = 0,
+) -> None:
+    """Write a synthetic shop (events, items, users, and the true preference model)."""
+    from gbrank.data.synth import SynthConfig, synthesize
+
+    t0 = time.perf_counter()
+    summary = synthesize(SynthConfig(users=users, items=items, days=days, seed=seed), out)
+    _echo(f"wrote {summary.events:,} events, {summary.users:,} users, {summary.items:,} items "
+          f"to {out} in {time.perf_counter() - t0:.1f}s")
+    total = max(summary.events, 1)
+    for name, n in summary.per_event_type.items():
+        _echo(f"  {name:<9} {n:>12,}  {100 * n / total:5.1f}%")
+
+
+@data_app.command("validate")
+@handle_errors
+def data_validate(
+    events: EventsOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    ts_unit: Annotated[
+        str | None, typer.Option(help="Force the timestamp unit: s, ms or datetime.")
+    ] = None,
+) -> None:
+    """Load and check events against the data contract; print a summary or the errors."""
+    from gbrank.data.io import load_events
+
+    overrides = list(set_ or [])
+    if ts_unit:
+        overrides.append(f"data.ts_unit={_toml_str(ts_unit)}")
+    cfg = resolve_config(config, overrides, events=events)
+    loaded = load_events(cfg.data)
+    _echo("\n".join(loaded.summary.lines()))
+    _echo("ok: the events follow the data contract")
+
+
+# --------------------------------------------------------------------------- config
+
+
+@config_app.command("show")
+@handle_errors
+def config_show(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Print the resolved configuration (file, then overrides, then defaults) as TOML."""
+    _echo(dump_toml(resolve_config(config, set_)))
+
+
+# --------------------------------------------------------------------------- stages
+
+
+@app.command()
+@handle_errors
+def generate(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    workspace: WorkspaceOpt = None,
+    events: EventsOpt = None,
+) -> None:
+    """Stage 1: load the events, cut the folds, generate candidates; print candidate recall."""
+    from gbrank import pipeline
+
+    cfg = resolve_config(config, set_, workspace, events)
+    result = pipeline.generate(cfg)
+    _echo(f"run {result.run.path}")
+    _echo(f"events {result.summary.rows:,}, users {result.summary.users:,}, "
+          f"items {result.summary.items:,}")
+    _echo(_recall_table(result.recall))
+
+
+def _recall_table(recall: Any) -> str:
+    import polars as pl
+
+    lines = []
+    for fold in recall["fold"].unique(maintain_order=True).to_list():
+        sub = recall.filter(pl.col("fold") == fold)
+        targets = sub["target"].unique(maintain_order=True).to_list()
+        lines.append(f"candidate recall, {fold} fold")
+        head = "source".ljust(18) + "per user".rjust(10) + "".join(t.rjust(11) for t in targets)
+        lines += [head, "-" * len(head)]
+        for source in sub["source"].unique(maintain_order=True).to_list():
+            rows = sub.filter(pl.col("source") == source)
+            per_user = rows["candidates_per_user"][0]
+            vals = "".join(
+                f"{rows.filter(pl.col('target') == t)['recall'][0]:11.4f}" for t in targets
+            )
+            lines.append(source.ljust(18) + f"{per_user:10.1f}" + vals)
+        lines.append("")
+    return "\n".join(lines)
+
+
+@app.command()
+@handle_errors
+def features(config: ConfigOpt = None, set_: SetOpt = None, workspace: WorkspaceOpt = None) -> None:
+    """Stage 2: leak-free features and labels for the train and eval folds."""
+    from gbrank import pipeline
+
+    result = pipeline.build_features(resolve_config(config, set_, workspace))
+    _echo(f"run {result.run.path}")
+    _echo(f"{len(result.features)} features; rows: "
+          + ", ".join(f"{k} {v:,}" for k, v in result.rows.items()))
+
+
+@app.command()
+@handle_errors
+def train(config: ConfigOpt = None, set_: SetOpt = None, workspace: WorkspaceOpt = None) -> None:
+    """Stage 3: fit the lambdarank ranker (train fold) and the serving ranker (eval fold)."""
+    from gbrank import pipeline
+
+    result = pipeline.train(resolve_config(config, set_, workspace))
+    _echo(f"run {result.run.path}")
+    _echo(f"best iteration {result.best_iteration}; rows train {result.train_rows:,}, "
+          f"valid {result.valid_rows:,}")
+    _echo("top features by gain: " + ", ".join(result.importance["feature"].head(8).to_list()))
+
+
+@app.command("eval")
+@handle_errors
+def eval_(config: ConfigOpt = None, set_: SetOpt = None, workspace: WorkspaceOpt = None) -> None:
+    """Stage 4: metrics of the ranker and of each source on the eval fold; writes metrics.json."""
+    from gbrank import pipeline
+
+    result = pipeline.evaluate(resolve_config(config, set_, workspace))
+    for target in result.users:
+        _echo(result.table(target))
+        _echo(f"({result.users[target]:,} users with a {target} in the label window)\n")
+    _echo(f"metrics: {result.run.file('metrics.json')}")
+
+
+@app.command()
+@handle_errors
+def recommend(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output file, .parquet or .csv.")],
+    k: Annotated[int, typer.Option("--k", help="Items per user.", min=1)] = 20,
+    users: Annotated[
+        Path | None,
+        typer.Option("--users", help="File of user ids (column user_id, or the first column)."),
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Top-K items per user at the end of the data (raw ids, score, rank)."""
+    from gbrank import pipeline
+
+    if out.suffix.lower() not in (".parquet", ".pq", ".csv"):
+        raise typer.BadParameter("--out must end in .parquet or .csv", param_hint="--out")
+    cfg = resolve_config(config, set_, workspace)
+    result = pipeline.recommend(cfg, k, users)
+    path = pipeline.save_recommendations(result, out)
+    _echo(f"wrote {result.recs.height:,} rows for {result.n_users:,} users "
+          f"({result.n_cold:,} cold, served by popularity) to {path}")
+
+
+@app.command()
+@handle_errors
+def quickstart(
+    workspace: Annotated[
+        Path, typer.Option("--workspace", "-w", help="Folder for the shop and the run.")
+    ] = Path("gbrank-quickstart"),
+    users: Annotated[int, typer.Option(help="Users in the synthetic shop.")] = 4_000,
+    items: Annotated[int, typer.Option(help="Items in the synthetic shop.")] = 1_500,
+    days: Annotated[int, typer.Option(help="Days of activity.")] = 42,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Generate a small synthetic shop and run every stage on it, then print the metrics."""
+    from gbrank.quickstart import run_quickstart
+
+    t0 = time.perf_counter()
+    result = run_quickstart(workspace, users=users, items=items, days=days, seed=seed, echo=_echo)
+    for target in result.eval.users:
+        _echo(result.eval.table(target))
+        _echo("")
+    _echo(f"done in {time.perf_counter() - t0:.0f}s")
+    _echo(f"config:    {result.config_path}")
+    _echo(f"run:       {result.eval.run.path}")
+    _echo(f"metrics:   {result.eval.run.file('metrics.json')}")
+    _echo(f"next: gbrank recommend --config {result.config_path} --k 20 --out recs.csv")
+
+
+def main() -> None:
+    try:
+        app()
+    except SystemExit as exc:  # click may exit with a usage error (2)
+        sys.exit(exc.code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,385 @@
+"""Configuration: one TOML file (``gbrank.toml``), every key with a default.
+
+Unknown keys are rejected with the nearest valid name, so a typo never silently falls back
+to a default. Command-line flags override keys through :func:`apply_overrides`.
+
+Example:
+    >>> cfg = load_config(None, overrides=["folds.horizon_days=14"])
+    >>> cfg.folds.horizon_days
+    14
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from gbrank.columns import EVENT_TYPES, TARGETS
+from gbrank.errors import ConfigError, MissingInputError
+
+DEFAULT_CONFIG_FILE = "gbrank.toml"
+
+
+def _default_event_map() -> dict[str, str]:
+    # Raw event names seen in public logs, mapped to the canonical funnel types.
+    return {
+        "view": "view",
+        "pv": "view",
+        "page_view": "view",
+        "impression": "view",
+        "click": "click",
+        "clicks": "click",
+        "cart": "cart",
+        "carts": "cart",
+        "addtocart": "cart",
+        "add_to_cart": "cart",
+        "fav": "cart",
+        "purchase": "purchase",
+        "buy": "purchase",
+        "order": "purchase",
+        "orders": "purchase",
+        "transaction": "purchase",
+    }
+
+
+@dataclass
+class ColumnsConfig:
+    """Names of the raw columns in the input files."""
+
+    user_id: str = "user_id"
+    item_id: str = "item_id"
+    ts: str = "ts"
+    event: str = "event"
+    session_id: str = "session_id"
+    value: str = "value"
+    quantity: str = "quantity"
+
+
+@dataclass
+class DataConfig:
+    events: str = "events.parquet"
+    items: str = ""
+    users: str = ""
+    format: str = "auto"  # auto | parquet | csv | jsonl | otto
+    ts_unit: str = "auto"  # auto | s | ms | datetime
+    duplicates: str = "keep"  # keep | drop (exact duplicate rows)
+    allow_future: bool = False
+    columns: ColumnsConfig = field(default_factory=ColumnsConfig)
+    event_map: dict[str, str] = field(default_factory=_default_event_map)
+
+
+@dataclass
+class EventsConfig:
+    """Per event type: weight in interaction matrices, gain in graded labels."""
+
+    weights: dict[str, float] = field(
+        default_factory=lambda: {"view": 1.0, "click": 2.0, "cart": 4.0, "purchase": 8.0}
+    )
+    gains: dict[str, float] = field(
+        default_factory=lambda: {"view": 1.0, "click": 2.0, "cart": 6.0, "purchase": 16.0}
+    )
+
+    def weight_list(self) -> list[float]:
+        return [float(self.weights[t]) for t in EVENT_TYPES]
+
+    def gain_list(self) -> list[float]:
+        return [float(self.gains[t]) for t in EVENT_TYPES]
+
+
+@dataclass
+class FoldsConfig:
+    horizon_days: int = 7
+    # The eval fold's cut-off (ISO date/datetime). Empty: end of data minus one horizon.
+    as_of: str = ""
+
+
+def _default_sources() -> dict[str, dict[str, Any]]:
+    return {
+        "popularity": {"kind": "popularity", "n": 50, "window_days": 7},
+        "history": {"kind": "history", "n": 50, "half_life_days": 14},
+        "als": {"kind": "als", "n": 50, "factors": 48, "iterations": 12},
+        "itemknn_cosine": {"kind": "itemknn", "n": 50, "similarity": "cosine"},
+        "itemknn_bm25": {"kind": "itemknn", "n": 50, "similarity": "bm25"},
+    }
+
+
+@dataclass
+class CandidatesConfig:
+    # Each table is one source: `kind` picks the class, `n` its list length, the rest are
+    # the source's own parameters (see docs/candidates.md).
+    sources: dict[str, dict[str, Any]] = field(default_factory=_default_sources)
+    # Users are generated in batches of this many, bounding peak memory.
+    batch_users: int = 50_000
+
+
+@dataclass
+class FeaturesConfig:
+    item_windows_days: list[int] = field(default_factory=lambda: [7, 28])
+
+
+@dataclass
+class TrainConfig:
+    backend: str = "lightgbm"
+    num_boost_round: int = 400
+    early_stopping_rounds: int = 40
+    valid_fraction: float = 0.2
+    # Share of candidate rows without any label kept for training (all positives are kept).
+    neg_sample_rate: float = 1.0
+    params: dict[str, Any] = field(
+        default_factory=lambda: {
+            "learning_rate": 0.05,
+            "num_leaves": 31,
+            "min_data_in_leaf": 20,
+            "feature_fraction": 0.9,
+            "lambdarank_truncation_level": 20,
+        }
+    )
+
+
+@dataclass
+class EvalConfig:
+    ks: list[int] = field(default_factory=lambda: [10, 20])
+    targets: list[str] = field(default_factory=lambda: list(TARGETS))
+
+
+@dataclass
+class RunConfig:
+    workspace: str = "gbrank-workspace"
+    seed: int = 0
+    # Empty: a name derived from the hash of the resolved config, so stage commands run one by
+    # one with the same config share a run folder.
+    run_id: str = ""
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
+    folds: FoldsConfig = field(default_factory=FoldsConfig)
+    candidates: CandidatesConfig = field(default_factory=CandidatesConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def hash(self) -> str:
+        """A stable hash of the resolved configuration."""
+        text = json.dumps(self.to_dict(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def section_hash(self, *sections: str) -> str:
+        data = {s: self.to_dict()[s] for s in sections}
+        text = json.dumps(data, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _nearest(key: str, valid: typing.Iterable[str]) -> str:
+    match = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+    return f"; did you mean '{match[0]}'?" if match else f"; valid keys: {', '.join(valid)}"
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Check ``value`` against the annotated type ``tp`` (the small subset the config uses)."""
+    origin = typing.get_origin(tp)
+    if _is_dataclass_type(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a table, got {value!r}")
+        return _build(tp, value, path)
+    if origin in (list,):
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        (inner,) = typing.get_args(tp)
+        return [_coerce(v, inner, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin in (dict,):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a table, got {value!r}")
+        _, inner = typing.get_args(tp)
+        return {str(k): _coerce(v, inner, f"{path}.{k}") for k, v in value.items()}
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], path: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        where = f"{path}.{key}" if path else key
+        if key not in fields:
+            raise ConfigError(f"unknown key '{where}'{_nearest(key, fields)}")
+        kwargs[key] = _coerce(value, hints[key], where)
+    obj = cls(**kwargs)
+    return obj
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' must look like section.key=value")
+    key, raw = item.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word is taken as a string
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: typing.Iterable[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides (values in TOML syntax) to a raw config dict."""
+    for item in overrides:
+        keys, value = _parse_override(item)
+        update: dict[str, Any] = {keys[-1]: value}
+        for key in reversed(keys[:-1]):
+            update = {key: update}
+        data = _merge(data, update)
+    return data
+
+
+def validate(cfg: Config) -> Config:
+    """Cross-field checks that the type annotations cannot express."""
+    for section, mapping in (
+        ("events.weights", cfg.events.weights),
+        ("events.gains", cfg.events.gains),
+    ):
+        missing = [t for t in EVENT_TYPES if t not in mapping]
+        unknown = [t for t in mapping if t not in EVENT_TYPES]
+        if unknown:
+            raise ConfigError(
+                f"{section}: unknown event type '{unknown[0]}'{_nearest(unknown[0], EVENT_TYPES)}"
+            )
+        if missing:
+            raise ConfigError(f"{section}: missing event type(s) {missing}")
+    bad = {raw: canon for raw, canon in cfg.data.event_map.items() if canon not in EVENT_TYPES}
+    if bad:
+        raw, canon = next(iter(bad.items()))
+        raise ConfigError(
+            f"data.event_map: '{raw}' maps to '{canon}', which is not one of {list(EVENT_TYPES)}"
+        )
+    for t in cfg.eval.targets:
+        if t not in TARGETS:
+            raise ConfigError(f"eval.targets: unknown target '{t}'{_nearest(t, TARGETS)}")
+    if cfg.folds.horizon_days < 1:
+        raise ConfigError("folds.horizon_days must be at least 1")
+    choices = {
+        "data.format": (cfg.data.format, ("auto", "parquet", "csv", "jsonl", "otto")),
+        "data.ts_unit": (cfg.data.ts_unit, ("auto", "s", "ms", "datetime")),
+        "data.duplicates": (cfg.data.duplicates, ("keep", "drop")),
+        "train.backend": (cfg.train.backend, ("lightgbm",)),
+    }
+    for name, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"{name} = '{value}' is not one of {list(allowed)}")
+    if not 0.0 < cfg.train.neg_sample_rate <= 1.0:
+        raise ConfigError("train.neg_sample_rate must be in (0, 1]")
+    if not 0.0 < cfg.train.valid_fraction < 1.0:
+        raise ConfigError("train.valid_fraction must be in (0, 1)")
+    if not cfg.candidates.sources:
+        raise ConfigError("candidates.sources is empty: configure at least one source")
+    for name, params in cfg.candidates.sources.items():
+        if "kind" not in params:
+            raise ConfigError(f"candidates.sources.{name}: missing key 'kind'")
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: typing.Iterable[str] = ()) -> Config:
+    """Load ``path`` (or only defaults when None), apply overrides and validate.
+
+    Source tables given in the file replace the default source set as a whole, so a file
+    that lists two sources runs exactly those two.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise MissingInputError(f"config file {p} does not exist")
+        try:
+            data = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{p}: not valid TOML: {exc}") from exc
+    base = Config().to_dict()
+    if "sources" in data.get("candidates", {}):
+        base["candidates"]["sources"] = {}
+    # Merge onto the defaults so a partial table (say one extra event_map entry) keeps the rest.
+    data = apply_overrides(_merge(base, data), overrides)
+    cfg = _build(Config, data, "")
+    return validate(cfg)
+
+
+def dump_toml(cfg: Config) -> str:
+    """Render the resolved config as TOML (round-trips through :func:`load_config`)."""
+    lines: list[str] = []
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(fmt(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{_key(k)} = {fmt(x)}" for k, x in v.items()) + " }"
+        raise TypeError(type(v))
+
+    def emit(table: str, d: dict[str, Any]) -> None:
+        scalars = {k: v for k, v in d.items() if not isinstance(v, dict)}
+        tables = {k: v for k, v in d.items() if isinstance(v, dict)}
+        if scalars or not tables:
+            lines.append(f"[{table}]")
+            lines.extend(f"{_key(k)} = {fmt(v)}" for k, v in scalars.items())
+            lines.append("")
+        for k, v in tables.items():
+            emit(f"{table}.{_key(k)}", v)
+
+    for section, values in cfg.to_dict().items():
+        emit(section, values)
+    return "\n".join(lines)
+
+
+def _key(k: str) -> str:
+    return k if k.replace("_", "").replace("-", "").isalnum() else json.dumps(k)

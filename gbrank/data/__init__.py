@@ -1,0 +1,1 @@
+"""Loading, validation, vocabularies, synthetic data and time folds."""

@@ -1,0 +1,517 @@
+"""Load and validate events, items and users into gbrank's data contract.
+
+Input is Parquet, CSV or JSON Lines (flat rows, or OTTO's nested sessions), from one file,
+a glob or a folder. Raw column names and event names are mapped by config; timestamps may be
+datetimes or integer/float seconds or milliseconds. Problems raise :class:`DataError`
+(exit code 65) naming the file, the column, up to five offending values and the fix.
+
+Example:
+    >>> from gbrank.config import DataConfig
+    >>> loaded = load_events(DataConfig(events="shop/events.parquet"))  # doctest: +SKIP
+    >>> loaded.events.columns  # doctest: +SKIP
+    ['user', 'item', 'ts', 'event', 'session', 'value', 'quantity']
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+
+from gbrank import columns as C
+from gbrank.config import DataConfig
+from gbrank.data.vocab import Vocab
+from gbrank.errors import DataError, MissingInputError
+
+SUFFIX_FORMAT = {
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+}
+
+# Integer timestamps between these bounds read as seconds / milliseconds since the epoch
+# (roughly the years 1990 to 2100); anything else is ambiguous.
+_SECONDS = (631_152_000, 4_102_444_800)
+_MILLIS = (_SECONDS[0] * 1000, _SECONDS[1] * 1000)
+
+EVENTS_SCHEMA = {
+    C.USER: pl.Int32,
+    C.ITEM: pl.Int32,
+    C.TS: pl.Datetime("ms"),
+    C.EVENT: pl.Int8,
+    C.SESSION: pl.Int64,
+    C.VALUE: pl.Float32,
+    C.QUANTITY: pl.Float32,
+}
+
+
+@dataclass
+class Summary:
+    """What was loaded: sizes, event mix, time span, duplicates."""
+
+    rows: int
+    users: int
+    items: int
+    per_event_type: dict[str, int]
+    start: datetime
+    end: datetime
+    duplicates: int
+    duplicates_dropped: int
+    files: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        total = max(self.rows, 1)
+        out = [
+            f"files       {len(self.files)} ({', '.join(self.files[:3])}"
+            + (", ..." if len(self.files) > 3 else "")
+            + ")",
+            f"rows        {self.rows:,}",
+            f"users       {self.users:,}",
+            f"items       {self.items:,}",
+            f"time span   {self.start:%Y-%m-%d %H:%M:%S} .. {self.end:%Y-%m-%d %H:%M:%S}"
+            f" ({(self.end - self.start).total_seconds() / 86400:.1f} days)",
+            f"duplicates  {self.duplicates:,} exact duplicate rows"
+            + (f" ({self.duplicates_dropped:,} dropped)" if self.duplicates_dropped else " (kept)"),
+            "events:",
+        ]
+        for name in C.EVENT_TYPES:
+            n = self.per_event_type.get(name, 0)
+            out.append(f"  {name:<9} {n:>12,}  {100 * n / total:5.1f}%")
+        return out
+
+
+@dataclass
+class LoadedEvents:
+    """Coded events plus the vocabularies that map codes back to raw ids."""
+
+    events: pl.DataFrame  # EVENTS_SCHEMA columns, sorted by ts, user
+    users: Vocab
+    items: Vocab
+    summary: Summary
+
+
+def resolve_paths(spec: str | Path, what: str = "events") -> list[Path]:
+    """Files named by ``spec``: one file, a glob, or a folder (searched recursively)."""
+    text = str(spec)
+    if not text:
+        raise MissingInputError(f"no {what} input given: set data.{what} or pass --{what}")
+    if any(ch in text for ch in "*?["):
+        paths = sorted(Path(p) for p in globlib.glob(text, recursive=True) if Path(p).is_file())
+    elif Path(text).is_dir():
+        paths = sorted(
+            p for p in Path(text).rglob("*") if p.is_file() and p.suffix.lower() in SUFFIX_FORMAT
+        )
+    elif Path(text).is_file():
+        paths = [Path(text)]
+    else:
+        raise MissingInputError(f"{what} input {text} does not exist")
+    if not paths:
+        raise MissingInputError(f"{what} input {text} matches no readable file")
+    return paths
+
+
+def _detect_format(path: Path, configured: str) -> str:
+    fmt = SUFFIX_FORMAT.get(path.suffix.lower()) if configured == "auto" else configured
+    if fmt is None:
+        raise DataError(
+            f"unknown file type '{path.suffix}'",
+            file=str(path),
+            fix="use .parquet, .csv or .jsonl files, or set data.format",
+        )
+    if fmt == "jsonl":
+        with open(path, "rb") as fh:
+            first = fh.readline()
+        try:
+            row = json.loads(first) if first.strip() else {}
+        except json.JSONDecodeError as exc:
+            raise DataError(f"not JSON Lines: {exc}", file=str(path)) from exc
+        if isinstance(row, dict) and "events" in row and isinstance(row["events"], list):
+            return "otto"
+    return fmt
+
+
+def _read_file(path: Path, fmt: str) -> pl.DataFrame:
+    try:
+        if fmt == "parquet":
+            return pl.read_parquet(path)
+        if fmt == "csv":
+            sep = "\t" if path.suffix.lower() == ".tsv" else ","
+            return pl.read_csv(path, separator=sep, infer_schema_length=10_000)
+        if fmt == "jsonl":
+            return pl.read_ndjson(path)
+        if fmt == "otto":
+            return _read_otto(path)
+    except (pl.exceptions.ComputeError, pl.exceptions.NoDataError, OSError) as exc:
+        if "empty" in str(exc).lower():
+            return pl.DataFrame()
+        raise DataError(f"cannot read as {fmt}: {exc}", file=str(path)) from exc
+    raise DataError(f"unknown format '{fmt}'", file=str(path), fix="set data.format")
+
+
+def _read_otto(path: Path) -> pl.DataFrame:
+    """OTTO's nested sessions: one row per session with a list of {aid, ts, type} events."""
+    frame = pl.read_ndjson(path)
+    if frame.is_empty():
+        return frame
+    return (
+        frame.explode("events")
+        .unnest("events")
+        .select(
+            pl.col("session").alias(C.RAW_USER),
+            pl.col("aid").alias(C.RAW_ITEM),
+            pl.col("ts").alias(C.RAW_TS),
+            pl.col("type").alias(C.RAW_EVENT),
+            pl.col("session").alias(C.RAW_SESSION),
+        )
+    )
+
+
+def _read_many(paths: list[Path], fmt: str, what: str) -> tuple[pl.DataFrame, pl.Series]:
+    """Concatenate files; also return each row's file index, for error messages."""
+    frames = []
+    for i, p in enumerate(paths):
+        frame = _read_file(p, _detect_format(p, fmt))
+        frames.append(frame.with_columns(pl.lit(i, dtype=pl.Int32).alias("__file")))
+    nonempty = [f for f in frames if f.width > 1 and f.height > 0]
+    if not nonempty:
+        raise DataError(
+            f"no {what} rows",
+            file=", ".join(str(p) for p in paths[:3]),
+            fix="check that the path points at the right files",
+        )
+    try:
+        combined = pl.concat(nonempty, how="diagonal_relaxed")
+    except (pl.exceptions.SchemaError, pl.exceptions.ComputeError) as exc:
+        raise DataError(
+            f"files disagree on their columns' types: {exc}",
+            file=", ".join(str(p) for p in paths[:3]),
+        ) from exc
+    return combined.drop("__file"), combined["__file"]
+
+
+class _Checks:
+    """Collects every data problem found, then raises them together."""
+
+    def __init__(self, paths: list[Path], file_index: pl.Series) -> None:
+        self.paths = paths
+        self.file_index = file_index
+        self.errors: list[DataError] = []
+
+    def file_of(self, mask: pl.Series | None) -> str:
+        if mask is None or len(self.paths) == 1:
+            return str(self.paths[0]) if len(self.paths) == 1 else f"{len(self.paths)} files"
+        idx = self.file_index.filter(mask).unique().sort().to_list()
+        return ", ".join(str(self.paths[i]) for i in idx[:3]) + (", ..." if len(idx) > 3 else "")
+
+    def add(self, problem: str, column: str, mask: pl.Series | None = None, **kw: object) -> None:
+        self.errors.append(DataError(problem, file=self.file_of(mask), column=column, **kw))  # type: ignore[arg-type]
+
+    def raise_if_any(self) -> None:
+        if len(self.errors) == 1:
+            raise self.errors[0]
+        if self.errors:
+            err = DataError(
+                f"{len(self.errors)} problems:\n  - " + "\n  - ".join(str(e) for e in self.errors)
+            )
+            raise err
+
+
+def _mapping(cfg: DataConfig) -> dict[str, str]:
+    """Contract column -> raw column name in the files."""
+    c = cfg.columns
+    return {
+        C.RAW_USER: c.user_id,
+        C.RAW_ITEM: c.item_id,
+        C.RAW_TS: c.ts,
+        C.RAW_EVENT: c.event,
+        C.RAW_SESSION: c.session_id,
+        C.RAW_VALUE: c.value,
+        C.RAW_QUANTITY: c.quantity,
+    }
+
+
+def _select_columns(
+    raw: pl.DataFrame, cfg: DataConfig, paths: list[Path], fmt_is_otto: bool
+) -> pl.DataFrame:
+    mapping = _mapping(cfg)
+    if fmt_is_otto:  # OTTO rows already use the contract's names
+        mapping = {k: k for k in mapping}
+    required = (C.RAW_USER, C.RAW_ITEM, C.RAW_TS, C.RAW_EVENT)
+    missing = [(k, mapping[k]) for k in required if mapping[k] not in raw.columns]
+    if missing:
+        contract, name = missing[0]
+        names = ", ".join(f"'{n}'" for _, n in missing)
+        raise DataError(
+            f"missing required column(s) {names}; the file has columns {raw.columns}",
+            file=", ".join(str(p) for p in paths[:3]),
+            column=name,
+            fix=f'add the column, or map yours with data.columns.{contract} = "<your column>"',
+        )
+    exprs = [pl.col(mapping[k]).alias(k) for k in mapping if mapping[k] in raw.columns]
+    return raw.select(exprs)
+
+
+def _check_id(frame: pl.DataFrame, col: str, raw_name: str, checks: _Checks) -> None:
+    dtype = frame.schema[col]
+    if not (dtype.is_integer() or dtype == pl.String or dtype == pl.Categorical):
+        sample = frame[col].drop_nulls().head(5).to_list()
+        checks.add(
+            f"ids must be integers or strings, found dtype {dtype}",
+            raw_name,
+            values=sample,
+            fix=f"cast the column to integers or strings before loading (data.columns maps "
+            f"'{raw_name}')",
+        )
+        return
+    nulls = frame[col].is_null()
+    if nulls.any():
+        rows = nulls.arg_true().head(5).to_list()
+        checks.add(
+            f"{int(nulls.sum()):,} null ids (row numbers shown)",
+            raw_name,
+            mask=nulls,
+            values=rows,
+            fix="drop or fill the rows without an id",
+        )
+
+
+def _parse_ts(frame: pl.DataFrame, cfg: DataConfig, checks: _Checks) -> pl.Series | None:
+    raw_name = cfg.columns.ts
+    s = frame[C.RAW_TS]
+    unit = cfg.ts_unit
+    if s.dtype == pl.String:
+        try:
+            parsed = s.str.to_datetime(time_unit="ms", strict=False)
+        except pl.exceptions.ComputeError:  # no datetime format fits any value
+            parsed = pl.Series(s.name, [None] * s.len(), dtype=pl.Datetime("ms"))
+        bad = parsed.is_null() & s.is_not_null()
+        if not bad.any():
+            return parsed.cast(pl.Datetime("ms"))
+        as_num = s.cast(pl.Float64, strict=False)
+        if as_num.is_not_null().sum() == s.is_not_null().sum():
+            s = as_num  # numbers stored as text
+        else:
+            checks.add(
+                f"{int(bad.sum()):,} unparseable timestamps",
+                raw_name,
+                mask=bad,
+                values=s.filter(bad).head(5).to_list(),
+                fix="use ISO 8601 datetimes or epoch seconds/milliseconds",
+            )
+            return None
+    if s.dtype == pl.Date:
+        return s.cast(pl.Datetime("ms"))
+    if isinstance(s.dtype, pl.Datetime):
+        if s.dtype.time_zone is not None:
+            s = s.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
+        return s.cast(pl.Datetime("ms"))
+    if not s.dtype.is_numeric():
+        checks.add(
+            f"timestamps must be datetimes or numbers, found dtype {s.dtype}",
+            raw_name,
+            values=s.head(5).to_list(),
+            fix="convert the column, or map another one with data.columns.ts",
+        )
+        return None
+    nulls = s.is_null()
+    if nulls.any():
+        checks.add(
+            f"{int(nulls.sum()):,} missing timestamps (row numbers shown)",
+            raw_name,
+            mask=nulls,
+            values=nulls.arg_true().head(5).to_list(),
+            fix="drop the rows without a timestamp",
+        )
+        return None
+    if unit == "datetime":
+        checks.add(
+            "data.ts_unit = 'datetime' but the column holds numbers",
+            raw_name,
+            values=s.head(5).to_list(),
+            fix="set data.ts_unit to 's' or 'ms'",
+        )
+        return None
+    if unit == "auto":
+        lo, hi = s.min(), s.max()
+        if _SECONDS[0] <= lo and hi <= _SECONDS[1]:  # type: ignore[operator]
+            unit = "s"
+        elif _MILLIS[0] <= lo and hi <= _MILLIS[1]:  # type: ignore[operator]
+            unit = "ms"
+        else:
+            checks.add(
+                f"cannot tell whether the integer timestamps are seconds or milliseconds "
+                f"(range {lo} .. {hi})",
+                raw_name,
+                values=[lo, hi],
+                fix="set data.ts_unit = 's' or 'ms' (or 'datetime' for datetime columns)",
+            )
+            return None
+    scale = 1000.0 if unit == "s" else 1.0
+    millis = (s.cast(pl.Float64) * scale).round().cast(pl.Int64)
+    return pl.from_epoch(millis, time_unit="ms")
+
+
+def _map_events(frame: pl.DataFrame, cfg: DataConfig, checks: _Checks) -> pl.Series | None:
+    raw_name = cfg.columns.event
+    names = frame[C.RAW_EVENT].cast(pl.String).str.strip_chars()
+    lookup = {k.lower(): C.EVENT_CODE[v] for k, v in cfg.event_map.items()}
+    lookup.update({k: C.EVENT_CODE[v] for k, v in cfg.event_map.items()})
+    codes = names.replace_strict(lookup, default=None, return_dtype=pl.Int8)
+    lowered = names.str.to_lowercase().replace_strict(lookup, default=None, return_dtype=pl.Int8)
+    codes = codes.fill_null(lowered)
+    bad = codes.is_null()
+    if bad.any():
+        unknown = names.filter(bad).value_counts(sort=True)
+        values = unknown[names.name].head(5).to_list()
+        checks.add(
+            f"{int(bad.sum()):,} rows with unknown event types",
+            raw_name,
+            mask=bad,
+            values=values,
+            fix="map them in [data.event_map], e.g. "
+            + ", ".join(f'"{v}" = "view"' for v in values[:2] if v is not None)
+            + f" (canonical types: {', '.join(C.EVENT_TYPES)})",
+        )
+        return None
+    return codes
+
+
+def _numeric(frame: pl.DataFrame, col: str, raw_name: str, checks: _Checks) -> pl.Series | None:
+    if col not in frame.columns:
+        return None
+    s = frame[col]
+    if s.dtype.is_numeric():
+        return s.cast(pl.Float32)
+    cast = s.cast(pl.Float32, strict=False)
+    bad = cast.is_null() & s.is_not_null()
+    if bad.any():
+        checks.add(
+            f"{int(bad.sum()):,} non-numeric values",
+            raw_name,
+            mask=bad,
+            values=s.filter(bad).head(5).to_list(),
+            fix="this optional column must hold numbers; fix or drop it",
+        )
+        return None
+    return cast
+
+
+def _session(frame: pl.DataFrame) -> pl.Series | None:
+    if C.RAW_SESSION not in frame.columns:
+        return None
+    s = frame[C.RAW_SESSION]
+    if s.dtype.is_integer():
+        return s.cast(pl.Int64)
+    # Non-integer session ids become dense integers (sorted order, so deterministic).
+    return s.cast(pl.String).rank("dense").cast(pl.Int64)
+
+
+def load_events(
+    cfg: DataConfig, *, now: datetime | None = None, events: str | Path | None = None
+) -> LoadedEvents:
+    """Read, map, validate and code the events named by ``cfg.events`` (or ``events``)."""
+    spec = events if events is not None else cfg.events
+    paths = resolve_paths(spec, "events")
+    raw, file_index = _read_many(paths, cfg.format, "events")
+    is_otto = all(_detect_format(p, cfg.format) == "otto" for p in paths)
+    frame = _select_columns(raw, cfg, paths, is_otto)
+    del raw
+    checks = _Checks(paths, file_index)
+    _check_id(frame, C.RAW_USER, cfg.columns.user_id, checks)
+    _check_id(frame, C.RAW_ITEM, cfg.columns.item_id, checks)
+    ts = _parse_ts(frame, cfg, checks)
+    event = _map_events(frame, cfg, checks)
+    value = _numeric(frame, C.RAW_VALUE, cfg.columns.value, checks)
+    quantity = _numeric(frame, C.RAW_QUANTITY, cfg.columns.quantity, checks)
+    if ts is not None and not cfg.allow_future:
+        limit = (now or datetime.now(UTC).replace(tzinfo=None)) + timedelta(days=1)
+        future = ts > limit
+        if future.any():
+            checks.add(
+                f"{int(future.sum()):,} timestamps in the future (after {limit:%Y-%m-%d})",
+                cfg.columns.ts,
+                mask=future,
+                values=ts.filter(future).head(5).to_list(),
+                fix="check the timestamp unit (data.ts_unit) and time zone, or set "
+                "data.allow_future = true",
+            )
+    checks.raise_if_any()
+    assert ts is not None and event is not None
+
+    data = pl.DataFrame(
+        {
+            C.RAW_USER: frame[C.RAW_USER],
+            C.RAW_ITEM: frame[C.RAW_ITEM],
+            C.TS: ts,
+            C.EVENT: event,
+            C.SESSION: _session(frame),
+            C.VALUE: value,
+            C.QUANTITY: quantity,
+        }
+    )
+    del frame
+    dup_mask = data.is_duplicated()
+    n_dup_rows = (
+        int(dup_mask.sum()) - int(data.filter(dup_mask).n_unique()) if dup_mask.any() else 0
+    )
+    dropped = 0
+    if cfg.duplicates == "drop" and n_dup_rows:
+        before = data.height
+        data = data.unique(maintain_order=True)
+        dropped = before - data.height
+
+    users = Vocab.fit(data[C.RAW_USER])
+    items = Vocab.fit(data[C.RAW_ITEM])
+    coded = (
+        data.with_columns(
+            users.encode(data[C.RAW_USER]).alias(C.USER),
+            items.encode(data[C.RAW_ITEM]).alias(C.ITEM),
+        )
+        .select(list(EVENTS_SCHEMA))
+        .cast(EVENTS_SCHEMA)  # type: ignore[arg-type]
+        .sort([C.TS, C.USER, C.ITEM, C.EVENT], maintain_order=True)
+    )
+    counts = dict(zip(*coded[C.EVENT].value_counts().sort(C.EVENT).get_columns(), strict=True))
+    summary = Summary(
+        rows=coded.height,
+        users=len(users),
+        items=len(items),
+        per_event_type={C.EVENT_TYPES[int(k)]: int(v) for k, v in counts.items()},
+        start=coded[C.TS].min(),  # type: ignore[arg-type]
+        end=coded[C.TS].max(),  # type: ignore[arg-type]
+        duplicates=n_dup_rows,
+        duplicates_dropped=dropped,
+        files=[str(p) for p in paths],
+    )
+    return LoadedEvents(coded, users, items, summary)
+
+
+def load_table(
+    spec: str, id_column: str, what: str, vocab: Vocab, fmt: str = "auto"
+) -> pl.DataFrame:
+    """Load an ``items`` or ``users`` attribute table and code its ids with ``vocab``.
+
+    Rows whose id never occurs in the events are dropped (they cannot be recommended or served);
+    duplicate ids keep their first row.
+    """
+    paths = resolve_paths(spec, what)
+    raw, _ = _read_many(paths, fmt, what)
+    if id_column not in raw.columns:
+        raise DataError(
+            f"missing id column; the file has columns {raw.columns}",
+            file=", ".join(str(p) for p in paths[:3]),
+            column=id_column,
+            fix=f"add the column or map it with data.columns.{'item_id' if what == 'items' else 'user_id'}",
+        )
+    code = C.ITEM if what == "items" else C.USER
+    coded = raw.with_columns(vocab.encode(raw[id_column]).alias(code))
+    coded = coded.filter(pl.col(code).is_not_null()).unique(code, keep="first", maintain_order=True)
+    return coded.drop(id_column).select(code, pl.exclude(code)).sort(code)

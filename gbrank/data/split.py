@@ -1,0 +1,113 @@
+"""Time folds: history strictly before ``as_of``, labels in ``[as_of, as_of + horizon)``.
+
+The scheme (see docs/architecture.md):
+
+- ``train`` fold: ``as_of = T - horizon``; the rankers learn from its labels.
+- ``eval`` fold: ``as_of = T``; everything is refit on history before ``T`` and measured on
+  the last horizon of the data.
+- ``inference``: ``as_of`` = end of data, no labels.
+
+``T`` is ``folds.as_of`` when set, else the end of the data minus one horizon, where the end of
+the data is the day after the last event (midnight), so folds cover whole days.
+
+Example:
+    >>> folds = make_folds(datetime(2024, 3, 1), horizon_days=7)
+    >>> folds["eval"].as_of, folds["train"].as_of
+    (datetime.datetime(2024, 2, 23, 0, 0), datetime.datetime(2024, 2, 16, 0, 0))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import polars as pl
+
+from gbrank import columns as C
+from gbrank.errors import ConfigError, DataError
+
+FOLD_NAMES = ("train", "eval", "inference")
+
+
+@dataclass(frozen=True)
+class Fold:
+    name: str
+    as_of: datetime
+    horizon: timedelta
+
+    @property
+    def label_end(self) -> datetime:
+        return self.as_of + self.horizon
+
+    @property
+    def has_labels(self) -> bool:
+        return self.name != "inference"
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "name": self.name,
+            "as_of": self.as_of.isoformat(),
+            "label_end": self.label_end.isoformat(),
+        }
+
+
+def data_end(events: pl.DataFrame) -> datetime:
+    """Midnight after the last event."""
+    last = events[C.TS].max()
+    if last is None:
+        raise DataError("no events", column=C.TS)
+    assert isinstance(last, datetime)
+    return datetime(last.year, last.month, last.day) + timedelta(days=1)
+
+
+def parse_as_of(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text).replace(tzinfo=None)
+    except ValueError as exc:
+        raise ConfigError(f"folds.as_of = '{text}' is not an ISO date such as 2024-02-23") from exc
+
+
+def make_folds(end: datetime, horizon_days: int, as_of: str = "") -> dict[str, Fold]:
+    """The train, eval and inference folds for data ending at ``end``."""
+    horizon = timedelta(days=horizon_days)
+    t = parse_as_of(as_of) if as_of else end - horizon
+    return {
+        "train": Fold("train", t - horizon, horizon),
+        "eval": Fold("eval", t, horizon),
+        "inference": Fold("inference", end, horizon),
+    }
+
+
+def rolling_folds(end: datetime, horizon_days: int, n_folds: int) -> list[Fold]:
+    """``n_folds`` consecutive folds ending at ``end``, oldest first, for cross-validation."""
+    horizon = timedelta(days=horizon_days)
+    return [Fold(f"fold{i}", end - horizon * (n_folds - i), horizon) for i in range(n_folds)]
+
+
+def history(events: pl.DataFrame, fold: Fold) -> pl.DataFrame:
+    """Events strictly before the fold's ``as_of``."""
+    return events.filter(pl.col(C.TS) < fold.as_of)
+
+
+def label_window(events: pl.DataFrame, fold: Fold) -> pl.DataFrame:
+    """Events in ``[as_of, as_of + horizon)``."""
+    return events.filter((pl.col(C.TS) >= fold.as_of) & (pl.col(C.TS) < fold.label_end))
+
+
+def check_fold(events: pl.DataFrame, fold: Fold) -> None:
+    """Raise a DataError when the fold's history or label window is empty."""
+    start, last = events[C.TS].min(), events[C.TS].max()
+    span = f"the events span {start} .. {last}"
+    if history(events, fold).is_empty():
+        raise DataError(
+            f"fold '{fold.name}' (as_of {fold.as_of}) has no history before as_of; {span}",
+            column=C.TS,
+            fix="use a shorter folds.horizon_days or a later folds.as_of",
+        )
+    if fold.has_labels and label_window(events, fold).is_empty():
+        raise DataError(
+            f"fold '{fold.name}' has an empty label window [{fold.as_of}, {fold.label_end}); "
+            f"{span}",
+            column=C.TS,
+            fix="use an earlier folds.as_of or check the timestamps",
+        )

@@ -1,0 +1,489 @@
+"""Offline evaluation metrics: top-K ranking quality, candidate recall, and pointwise scores.
+
+Definitions and formulas are in ``docs/metrics.md``. Ranking metrics are computed with
+whole-frame Polars operations (joins and group-bys), never with a Python loop over users,
+so they scale to the full test population.
+
+Conventions shared by every ranking function:
+
+* relevance is binary; duplicate ``(user, item)`` rows in ``relevant`` are collapsed;
+* the evaluated population is the set of users with at least one relevant item: users
+  without recommendations score zero (they stay in the denominator), users with
+  recommendations but no relevant item are excluded and counted separately.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+from scipy.stats import rankdata
+
+from gbrank.columns import ITEM, RANK, USER
+
+__all__ = [
+    "RANKING_METRICS",
+    "RankingReport",
+    "auc",
+    "calibration_table",
+    "candidate_recall",
+    "coverage",
+    "log_loss",
+    "metrics_rows",
+    "ranking_metrics",
+]
+
+RANKING_METRICS: tuple[str, ...] = ("recall", "precision", "ndcg", "map", "mrr", "hitrate")
+
+# Internal column names; prefixed so they cannot collide with caller columns.
+_K = "k"
+_N_REL = "_n_rel"
+_HITS = "_hits"
+_DCG = "_dcg"
+_AP_SUM = "_ap_sum"
+_FIRST = "_first_hit_rank"
+_HIT_NO = "_hit_no"
+_M = "_m"
+_IDCG = "_idcg"
+
+
+@dataclass(frozen=True)
+class RankingReport:
+    """Result of :func:`ranking_metrics`.
+
+    Attributes:
+        table: long table with columns ``metric`` (str), ``k`` (int) and ``value`` (float),
+            one row per requested (metric, K), in the order the metrics and Ks were asked for.
+        n_users: users evaluated, i.e. users with at least one relevant item.
+        n_excluded: users present in the recommendations but with no relevant item; they
+            are left out of every average and only counted here.
+    """
+
+    table: pl.DataFrame
+    n_users: int
+    n_excluded: int
+
+    def value(self, metric: str, k: int) -> float:
+        """The value of one metric at one K (``KeyError`` if it was not computed)."""
+        hit = self.table.filter((pl.col("metric") == metric) & (pl.col("k") == k))
+        if hit.height != 1:
+            raise KeyError(f"{metric}@{k} is not in this report")
+        return float(hit.item(0, "value"))
+
+
+# --------------------------------------------------------------------------------------
+# Validation helpers
+# --------------------------------------------------------------------------------------
+
+
+def _require_columns(df: pl.DataFrame, name: str, columns: Sequence[str]) -> None:
+    if not isinstance(df, pl.DataFrame):
+        raise ValueError(f"{name} must be a polars DataFrame, got {type(df).__name__}")
+    for col in columns:
+        if col not in df.columns:
+            raise ValueError(
+                f"{name}: missing column '{col}' (has {', '.join(df.columns) or 'no columns'})"
+            )
+
+
+def _require_no_nulls(df: pl.DataFrame, name: str, columns: Sequence[str]) -> None:
+    for col in columns:
+        n_null = df.get_column(col).null_count()
+        if n_null:
+            raise ValueError(f"{name}: column '{col}' has {n_null} null value(s)")
+
+
+def _validate_recs(recs: pl.DataFrame, name: str = "recs") -> None:
+    """Check the recommendation contract: user, item, positive integer rank, no duplicates."""
+    _require_columns(recs, name, (USER, ITEM, RANK))
+    _require_no_nulls(recs, name, (USER, ITEM, RANK))
+    rank_dtype = recs.schema[RANK]
+    # An empty frame built from Python lists has dtype Null; it has no rank to check.
+    if not rank_dtype.is_integer() and not (recs.height == 0 and rank_dtype == pl.Null):
+        raise ValueError(f"{name}: column '{RANK}' must have an integer dtype, got {rank_dtype}")
+    bad = recs.filter(pl.col(RANK) <= 0)
+    if bad.height:
+        row = bad.row(0, named=True)
+        raise ValueError(
+            f"{name}: column '{RANK}' must be positive (ranks are 1-based); "
+            f"{bad.height} row(s) are not, e.g. {USER}={row[USER]!r}, {ITEM}={row[ITEM]!r}, "
+            f"{RANK}={row[RANK]!r}"
+        )
+    dup = recs.select(USER, ITEM).filter(pl.struct(USER, ITEM).is_duplicated())
+    if dup.height:
+        row = dup.row(0, named=True)
+        raise ValueError(
+            f"{name}: duplicate ({USER}, {ITEM}) pair in columns '{USER}', '{ITEM}', "
+            f"e.g. {USER}={row[USER]!r}, {ITEM}={row[ITEM]!r}"
+        )
+    # Two items sharing a rank would put more than K items in the top K (precision > 1).
+    dup_rank = recs.select(USER, RANK).filter(pl.struct(USER, RANK).is_duplicated())
+    if dup_rank.height:
+        row = dup_rank.row(0, named=True)
+        raise ValueError(
+            f"{name}: column '{RANK}' repeats a rank within a user, "
+            f"e.g. {USER}={row[USER]!r}, {RANK}={row[RANK]!r}"
+        )
+
+
+def _validate_pairs(df: pl.DataFrame, name: str) -> None:
+    _require_columns(df, name, (USER, ITEM))
+    _require_no_nulls(df, name, (USER, ITEM))
+
+
+def _align_keys(
+    left: pl.DataFrame, right: pl.DataFrame, left_name: str, right_name: str
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Give the join keys of both frames the same dtype.
+
+    Integer codes of different widths (Int32 codes vs Int64 from a hand-built frame) are
+    widened to Int64; any other mismatch is a caller error rather than something to guess.
+    """
+    for col in (USER, ITEM):
+        a, b = left.schema[col], right.schema[col]
+        if a == b:
+            continue
+        # Null is the dtype of a column of an empty frame built from Python lists.
+        if a == pl.Null:
+            left = left.with_columns(pl.col(col).cast(b))
+        elif b == pl.Null:
+            right = right.with_columns(pl.col(col).cast(a))
+        elif a.is_integer() and b.is_integer():
+            left = left.with_columns(pl.col(col).cast(pl.Int64))
+            right = right.with_columns(pl.col(col).cast(pl.Int64))
+        else:
+            raise ValueError(
+                f"column '{col}' has dtype {a} in {left_name} but {b} in {right_name}; "
+                "both frames must use the same user/item encoding"
+            )
+    return left, right
+
+
+def _validate_ks(ks: Sequence[int]) -> list[int]:
+    if isinstance(ks, int):
+        ks = [ks]
+    out: list[int] = []
+    for k in ks:
+        # bool is an int subclass; K=True is almost certainly a mistake.
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
+            raise ValueError(f"ks must be positive integers, got {k!r}")
+        if int(k) not in out:
+            out.append(int(k))
+    if not out:
+        raise ValueError("ks must contain at least one K")
+    return out
+
+
+def _validate_metric_names(metrics: Sequence[str]) -> list[str]:
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    out: list[str] = []
+    for m in metrics:
+        if m not in RANKING_METRICS:
+            raise ValueError(
+                f"unknown ranking metric {m!r}; choose from {', '.join(RANKING_METRICS)}"
+            )
+        if m not in out:
+            out.append(m)
+    if not out:
+        raise ValueError("metrics must name at least one metric")
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Ranking metrics
+# --------------------------------------------------------------------------------------
+
+
+def _idcg_frame(max_k: int) -> pl.DataFrame:
+    """IDCG for m = 0..max_k ideal hits: sum_{i=1..m} 1/log2(i+1) (0 for m = 0)."""
+    gains = 1.0 / np.log2(np.arange(2, max_k + 2, dtype=np.float64))
+    idcg = np.concatenate([[0.0], np.cumsum(gains)])
+    return pl.DataFrame({_M: np.arange(max_k + 1, dtype=np.int64), _IDCG: idcg})
+
+
+def ranking_metrics(
+    recs: pl.DataFrame,
+    relevant: pl.DataFrame,
+    ks: Sequence[int] = (10, 20),
+    metrics: Sequence[str] = RANKING_METRICS,
+) -> RankingReport:
+    """Macro-averaged top-K ranking metrics.
+
+    Args:
+        recs: recommendations with columns ``user``, ``item`` and ``rank`` (integer, 1-based,
+            normally 1..n per user). Ranks must be positive and unique within a user, and a
+            ``(user, item)`` pair may appear only once. The top-K list of a user is the items
+            with ``rank <= K``; ``rank`` is used as the position in every formula.
+        relevant: ground truth with columns ``user`` and ``item`` (binary relevance;
+            duplicate rows are collapsed). Other columns are ignored.
+        ks: cutoffs K (positive integers; duplicates are dropped).
+        metrics: names from :data:`RANKING_METRICS`.
+
+    Returns:
+        A :class:`RankingReport`. Every value is the mean over users with at least one
+        relevant item; users with relevant items but no recommendations score 0. If no
+        user has a relevant item, ``n_users`` is 0 and every value is NaN (the mean of
+        nothing), so a sparse target does not abort a multi-target report.
+
+    Raises:
+        ValueError: a column is missing or null, a rank is not a positive integer, a
+            ``(user, item)`` pair or a rank is repeated within a user, or ``ks``/``metrics``
+            are invalid.
+    """
+    ks_list = _validate_ks(ks)
+    metric_list = _validate_metric_names(metrics)
+    _validate_recs(recs, "recs")
+    _validate_pairs(relevant, "relevant")
+
+    recs = recs.select(USER, ITEM, pl.col(RANK).cast(pl.Int64))
+    rel = relevant.select(USER, ITEM)
+    recs, rel = _align_keys(recs, rel, "recs", "relevant")
+    rel = rel.unique()
+    max_k = max(ks_list)
+
+    # |R_u| for every evaluated user; this frame defines the population (the denominator).
+    users = rel.group_by(USER).agg(pl.len().cast(pl.Int64).alias(_N_REL))
+    n_users = users.height
+    n_excluded = recs.select(USER).unique().join(users.select(USER), on=USER, how="anti").height
+
+    # Every metric depends only on the ranks of the hits, |R_u| and K, so keep just the hits
+    # in the deepest cutoff. The hit number (1st, 2nd, ... hit of the user in rank order)
+    # is the numerator of precision at that hit's rank, which AP needs.
+    hits = (
+        recs.filter(pl.col(RANK) <= max_k)
+        .join(rel, on=[USER, ITEM], how="semi")
+        .select(
+            USER,
+            pl.col(RANK).cast(pl.Int64),
+            pl.col(RANK).rank("ordinal").over(USER).cast(pl.Int64).alias(_HIT_NO),
+        )
+    )
+    ks_frame = pl.DataFrame({_K: ks_list}, schema={_K: pl.Int64})
+
+    # One row per (user, K) with hits inside that K: hit count, DCG, sum of precision at
+    # each hit, rank of the first hit. The hit number is still valid after the rank <= K
+    # filter because the hits kept are a prefix in rank order.
+    per_k = (
+        hits.join(ks_frame, how="cross")
+        .filter(pl.col(RANK) <= pl.col(_K))
+        .group_by(USER, _K)
+        .agg(
+            pl.len().cast(pl.Int64).alias(_HITS),
+            (1.0 / (pl.col(RANK).cast(pl.Float64) + 1.0).log(base=2)).sum().alias(_DCG),
+            (pl.col(_HIT_NO) / pl.col(RANK)).sum().alias(_AP_SUM),
+            pl.col(RANK).min().alias(_FIRST),
+        )
+    )
+
+    # Left join from the full (user, K) grid so users without hits (or without any
+    # recommendation) contribute zeros instead of disappearing from the mean.
+    k = pl.col(_K)
+    n_rel = pl.col(_N_REL)
+    hits_col = pl.col(_HITS)
+    denom = pl.min_horizontal(n_rel, k)
+    grid = (
+        users.join(ks_frame, how="cross")
+        .join(per_k, on=[USER, _K], how="left")
+        .with_columns(
+            hits_col.fill_null(0),
+            pl.col(_DCG).fill_null(0.0),
+            pl.col(_AP_SUM).fill_null(0.0),
+            denom.alias(_M),
+        )
+        .join(_idcg_frame(max_k), on=_M, how="left")
+    )
+    expressions = {
+        "recall": hits_col / n_rel,
+        "precision": hits_col / k,
+        "ndcg": pl.col(_DCG) / pl.col(_IDCG),
+        "map": pl.col(_AP_SUM) / pl.col(_M),
+        "mrr": (1.0 / pl.col(_FIRST)).fill_null(0.0),
+        "hitrate": (hits_col > 0).cast(pl.Float64),
+    }
+    means = grid.group_by(_K).agg(
+        [expressions[m].cast(pl.Float64).mean().alias(m) for m in metric_list]
+    )
+
+    # Long table in the requested order; the join with ks_frame keeps every K even when
+    # there is no evaluated user (values are then NaN, see the docstring).
+    table = (
+        ks_frame.with_row_index("_k_order")
+        .join(means, on=_K, how="left")
+        .unpivot(index=["_k_order", _K], on=metric_list, variable_name="metric", value_name="value")
+        .with_columns(
+            pl.col("metric")
+            .replace_strict({m: i for i, m in enumerate(metric_list)}, return_dtype=pl.Int64)
+            .alias("_m_order"),
+            pl.col("value").cast(pl.Float64).fill_null(float("nan")),
+        )
+        .sort("_m_order", "_k_order")
+        .select(pl.col("metric").cast(pl.String), pl.col(_K).cast(pl.Int64), "value")
+    )
+    return RankingReport(table=table, n_users=n_users, n_excluded=n_excluded)
+
+
+def metrics_rows(report: RankingReport, model: str, target: str) -> list[dict]:
+    """Rows ``{"model", "target", "metric", "k", "value"}`` for a cross-model report table."""
+    return [
+        {"model": model, "target": target, "metric": r["metric"], "k": r["k"], "value": r["value"]}
+        for r in report.table.iter_rows(named=True)
+    ]
+
+
+def candidate_recall(candidates: pl.DataFrame, relevant: pl.DataFrame) -> float:
+    """Share of relevant ``(user, item)`` pairs that appear in ``candidates`` (micro average).
+
+    This is the ceiling the ranker can reach: a relevant item that the candidate stage did
+    not retrieve can never be ranked. Duplicates on either side are collapsed; extra
+    columns (scores, sources, ranks) are ignored. Pairs of users without any candidate
+    count as misses. Returns NaN when ``relevant`` is empty.
+    """
+    _validate_pairs(candidates, "candidates")
+    _validate_pairs(relevant, "relevant")
+    cand, rel = _align_keys(
+        candidates.select(USER, ITEM), relevant.select(USER, ITEM), "candidates", "relevant"
+    )
+    rel = rel.unique()
+    if rel.height == 0:
+        return float("nan")
+    found = rel.join(cand.unique(), on=[USER, ITEM], how="semi").height
+    return found / rel.height
+
+
+def coverage(recs: pl.DataFrame, n_items: int, *, k: int | None = None) -> float:
+    """Catalogue coverage: distinct recommended items divided by ``n_items``.
+
+    Args:
+        recs: frame with an ``item`` column (and ``rank`` when ``k`` is given).
+        n_items: size of the catalogue, e.g. the item vocabulary size.
+        k: if given, only items with ``rank <= k`` count (coverage@K).
+
+    Raises:
+        ValueError: ``n_items`` is not positive or smaller than the number of distinct
+            recommended items (which would mean the catalogue size is wrong).
+    """
+    if isinstance(n_items, bool) or not isinstance(n_items, (int, np.integer)) or n_items <= 0:
+        raise ValueError(f"n_items must be a positive integer, got {n_items!r}")
+    _require_columns(recs, "recs", (ITEM,) if k is None else (ITEM, RANK))
+    if k is not None:
+        _validate_ks([k])
+        recs = recs.filter(pl.col(RANK) <= k)
+    n_distinct = recs.get_column(ITEM).drop_nulls().n_unique()
+    if n_distinct > n_items:
+        raise ValueError(
+            f"recs: column '{ITEM}' has {n_distinct} distinct items, more than n_items={n_items}"
+        )
+    return n_distinct / int(n_items)
+
+
+# --------------------------------------------------------------------------------------
+# Pointwise metrics
+# --------------------------------------------------------------------------------------
+
+
+def _binary_labels(y_true: np.ndarray | Sequence[float], name: str = "y_true") -> np.ndarray:
+    y = np.asarray(y_true)
+    if y.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {y.shape}")
+    if y.size == 0:
+        raise ValueError(f"{name} is empty")
+    if y.dtype == bool:
+        return y.astype(np.float64)
+    if not np.issubdtype(y.dtype, np.number):
+        raise ValueError(f"{name} must be numeric or boolean, got dtype {y.dtype}")
+    y = y.astype(np.float64)
+    bad = ~np.isin(y, (0.0, 1.0))
+    if bad.any():
+        raise ValueError(f"{name} must contain only 0 and 1, found {y[bad][0]!r}")
+    return y
+
+
+def _scores(y_score: np.ndarray | Sequence[float], n: int, name: str) -> np.ndarray:
+    s = np.asarray(y_score, dtype=np.float64)
+    if s.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {s.shape}")
+    if s.shape[0] != n:
+        raise ValueError(f"{name} has {s.shape[0]} values but y_true has {n}")
+    if not np.isfinite(s).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return s
+
+
+def auc(y_true: np.ndarray | Sequence[float], y_score: np.ndarray | Sequence[float]) -> float:
+    """Area under the ROC curve via the Mann-Whitney U statistic.
+
+    AUC = (sum of the ranks of the positives - n_pos (n_pos + 1) / 2) / (n_pos n_neg), with
+    average ranks for tied scores, so a tied positive/negative pair counts one half.
+
+    Raises:
+        ValueError: shapes differ, values are not binary/finite, or only one class is present
+            (AUC is undefined then).
+    """
+    y = _binary_labels(y_true)
+    s = _scores(y_score, y.shape[0], "y_score")
+    n_pos = float(y.sum())
+    n_neg = float(y.shape[0] - n_pos)
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("y_true must contain both classes for AUC to be defined")
+    ranks = rankdata(s, method="average")
+    u = ranks[y == 1.0].sum() - n_pos * (n_pos + 1.0) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def log_loss(
+    y_true: np.ndarray | Sequence[float], y_prob: np.ndarray | Sequence[float], eps: float = 1e-15
+) -> float:
+    """Mean binary cross-entropy, with probabilities clipped to ``[eps, 1 - eps]``.
+
+    Clipping keeps a single confident mistake from making the loss infinite.
+    """
+    if not 0.0 < eps < 0.5:
+        raise ValueError(f"eps must be in (0, 0.5), got {eps!r}")
+    y = _binary_labels(y_true)
+    p = _scores(y_prob, y.shape[0], "y_prob")
+    if (p < 0.0).any() or (p > 1.0).any():
+        raise ValueError("y_prob must be probabilities in [0, 1]")
+    p = np.clip(p, eps, 1.0 - eps)
+    return float(-np.mean(y * np.log(p) + (1.0 - y) * np.log1p(-p)))
+
+
+def calibration_table(
+    y_true: np.ndarray | Sequence[float], y_prob: np.ndarray | Sequence[float], n_bins: int = 10
+) -> pl.DataFrame:
+    """Reliability table over ``n_bins`` equal-width probability bins.
+
+    Bin ``b`` (0-based) holds predictions in ``[b / n_bins, (b + 1) / n_bins)``; the last bin
+    also holds 1.0. Every bin is listed so tables of different models line up; an empty bin
+    has ``count`` 0 and null ``mean_pred``/``frac_pos``.
+
+    Returns:
+        Columns ``bin`` (Int64), ``mean_pred`` (Float64, mean predicted probability),
+        ``frac_pos`` (Float64, observed share of positives) and ``count`` (Int64); counts sum
+        to the number of predictions.
+    """
+    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins <= 0:
+        raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
+    y = _binary_labels(y_true)
+    p = _scores(y_prob, y.shape[0], "y_prob")
+    if (p < 0.0).any() or (p > 1.0).any():
+        raise ValueError("y_prob must be probabilities in [0, 1]")
+    idx = np.minimum((p * n_bins).astype(np.int64), n_bins - 1)
+    count = np.bincount(idx, minlength=n_bins)
+    sum_p = np.bincount(idx, weights=p, minlength=n_bins)
+    sum_y = np.bincount(idx, weights=y, minlength=n_bins)
+    nonempty = count > 0
+    # Divide only where the bin has data (no 0/0 warning); empty bins become null, not NaN.
+    safe = np.where(nonempty, count, 1)
+    mean_pred = np.where(nonempty, sum_p / safe, np.nan)
+    frac_pos = np.where(nonempty, sum_y / safe, np.nan)
+    return pl.DataFrame(
+        {
+            "bin": np.arange(n_bins, dtype=np.int64),
+            "mean_pred": pl.Series(mean_pred, dtype=pl.Float64).fill_nan(None),
+            "frac_pos": pl.Series(frac_pos, dtype=pl.Float64).fill_nan(None),
+            "count": count.astype(np.int64),
+        }
+    )

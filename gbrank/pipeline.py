@@ -1,0 +1,491 @@
+"""The stages as functions: resolved config in, artifacts in the run folder out.
+
+Each stage reads what the previous one wrote, so the CLI commands ``generate``, ``features``,
+``train`` and ``eval`` can run one by one (same config, same run folder) or all at once.
+
+Example:
+    >>> from gbrank.config import load_config
+    >>> cfg = load_config("gbrank.toml")          # doctest: +SKIP
+    >>> generate(cfg); build_features(cfg); train(cfg)  # doctest: +SKIP
+    >>> result = evaluate(cfg)                     # doctest: +SKIP
+    >>> result.metrics.filter(pl.col("target") == "purchase")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from gbrank import columns as C
+from gbrank.candidates import build_source, union_candidates
+from gbrank.candidates.base import CandidateSource
+from gbrank.config import Config, dump_toml
+from gbrank.data.io import Summary, load_events, load_table
+from gbrank.data.split import (
+    Fold,
+    check_fold,
+    data_end,
+    history,
+    label_window,
+    make_folds,
+)
+from gbrank.data.vocab import Vocab
+from gbrank.errors import MissingInputError
+from gbrank.features.builders import build_features as _build_features
+from gbrank.features.builders import feature_columns
+from gbrank.features.labels import attach_labels, build_labels, relevant_items
+from gbrank.metrics import candidate_recall, metrics_rows, ranking_metrics
+from gbrank.rankers.lightgbm import LightGBMRanker
+from gbrank.runs import (
+    Run,
+    atomic_write_json,
+    atomic_write_parquet,
+    atomic_write_table,
+    atomic_write_text,
+    fingerprint,
+    run_folder,
+)
+
+LABELLED_FOLDS = ("train", "eval")
+RANKER = "ranker"  # model name of the two-stage ranker in metrics tables
+EVAL_MODEL = "models/ranker_eval"  # fitted on the train fold, scored on the eval fold
+SERVE_MODEL = "models/ranker_serve"  # fitted on the eval fold, used by recommend
+
+
+def open_run(cfg: Config) -> Run:
+    """The run folder of this config: ``run.run_id``, or a hash of the resolved config."""
+    run_id = cfg.run.run_id or cfg.hash()[:12]
+    return run_folder(cfg.run.workspace, run_id)
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class RunData:
+    events: pl.DataFrame
+    users: Vocab
+    items: Vocab
+    item_attrs: pl.DataFrame | None
+    folds: dict[str, Fold]
+
+
+def _load_run_data(run: Run) -> RunData:
+    events = pl.read_parquet(run.require("data/events.parquet", "gbrank generate"))
+    users = Vocab.load(run.require("vocab/users.parquet", "gbrank generate"))
+    items = Vocab.load(run.require("vocab/items.parquet", "gbrank generate"))
+    attrs_path = run.file("data/items.parquet")
+    attrs = pl.read_parquet(attrs_path) if attrs_path.exists() else None
+    folds_meta = json.loads(run.require("folds.json", "gbrank generate").read_text())
+    folds = {
+        name: Fold(name, datetime.fromisoformat(f["as_of"]),
+                   datetime.fromisoformat(f["label_end"]) - datetime.fromisoformat(f["as_of"]))
+        for name, f in folds_meta.items()
+    }
+    return RunData(events, users, items, attrs, folds)
+
+
+def ingest(cfg: Config, run: Run) -> tuple[RunData, Summary]:
+    """Load and validate the configured inputs; write coded events and vocabularies."""
+    loaded = load_events(cfg.data)
+    attrs = None
+    if cfg.data.items:
+        attrs = load_table(cfg.data.items, cfg.data.columns.item_id, "items", loaded.items)
+    folds = make_folds(data_end(loaded.events), cfg.folds.horizon_days, cfg.folds.as_of)
+    for name in LABELLED_FOLDS:
+        check_fold(loaded.events, folds[name])
+    atomic_write_parquet(loaded.events, run.file("data/events.parquet"))
+    loaded.users.save(run.file("vocab/users.parquet"))
+    loaded.items.save(run.file("vocab/items.parquet"))
+    if attrs is not None:
+        atomic_write_parquet(attrs, run.file("data/items.parquet"))
+    atomic_write_json({k: f.to_dict() for k, f in folds.items()}, run.file("folds.json"))
+    atomic_write_text(dump_toml(cfg), run.file("config.toml"))
+    data = RunData(loaded.events, loaded.users, loaded.items, attrs, folds)
+    return data, loaded.summary
+
+
+# --------------------------------------------------------------------------- candidates
+
+
+def _sources(cfg: Config) -> list[tuple[CandidateSource, int]]:
+    out = []
+    for name, table in cfg.candidates.sources.items():
+        params = {k: v for k, v in table.items() if k not in ("kind", "n")}
+        params.setdefault("event_weights", cfg.events.weight_list())
+        if table["kind"] == "als":
+            params.setdefault("seed", cfg.run.seed)
+        source = build_source(name, table["kind"], params)
+        out.append((source, int(table.get("n", 50))))
+    return out
+
+
+def candidates_for(
+    cfg: Config, hist: pl.DataFrame, users: np.ndarray, data: RunData, as_of: datetime
+) -> tuple[pl.DataFrame, dict[str, float]]:
+    """Fit every source on ``hist`` and return the union of their lists for ``users``."""
+    frames: dict[str, pl.DataFrame] = {}
+    seconds: dict[str, float] = {}
+    for source, n in _sources(cfg):
+        t0 = time.perf_counter()
+        source.fit(hist, n_users=len(data.users), n_items=len(data.items), as_of=as_of)
+        batches = [
+            source.generate(users[i : i + cfg.candidates.batch_users], n)
+            for i in range(0, len(users), cfg.candidates.batch_users)
+        ]
+        frames[source.name] = pl.concat(batches) if batches else source.generate(users[:0], n)
+        seconds[source.name] = time.perf_counter() - t0
+    return union_candidates(frames), seconds
+
+
+@dataclass
+class GenerateResult:
+    run: Run
+    summary: Summary
+    recall: pl.DataFrame  # fold, target, source, recall, candidates_per_user
+    seconds: dict[str, dict[str, float]]
+
+
+def generate(cfg: Config) -> GenerateResult:
+    """Stage 1: load data, make folds, generate candidates and labels for the train and eval
+    folds, and measure each source's candidate recall."""
+    t0 = time.perf_counter()
+    run = open_run(cfg)
+    data, summary = ingest(cfg, run)
+    rows: list[dict[str, Any]] = []
+    seconds: dict[str, dict[str, float]] = {}
+    for name in LABELLED_FOLDS:
+        fold = data.folds[name]
+        hist = history(data.events, fold)
+        labels = build_labels(label_window(data.events, fold))
+        users = labels[C.USER].unique().sort().to_numpy()
+        cands, seconds[name] = candidates_for(cfg, hist, users, data, fold.as_of)
+        atomic_write_parquet(cands, run.file(f"candidates/{name}.parquet"))
+        atomic_write_parquet(labels, run.file(f"labels/{name}.parquet"))
+        sources = [s for s in cfg.candidates.sources]
+        for target in cfg.eval.targets:
+            relevant = relevant_items(labels, target)
+            for source in [*sources, "union"]:
+                subset = cands if source == "union" else cands.filter(
+                    pl.col(C.rank_col(source)).is_not_null()
+                )
+                rows.append(
+                    {
+                        "fold": name,
+                        "target": target,
+                        "source": source,
+                        "recall": candidate_recall(subset.select(C.USER, C.ITEM), relevant),
+                        "candidates_per_user": subset.height / max(len(users), 1),
+                    }
+                )
+    recall = pl.DataFrame(rows)
+    atomic_write_json(recall.to_dicts(), run.file("candidates/recall.json"))
+    run.record_stage(
+        "generate",
+        time.perf_counter() - t0,
+        rows=summary.rows,
+        source_seconds=seconds,
+        inputs=fingerprint([Path(p) for p in summary.files]),
+    )
+    return GenerateResult(run, summary, recall, seconds)
+
+
+# --------------------------------------------------------------------------- features
+
+
+@dataclass
+class FeaturesResult:
+    run: Run
+    rows: dict[str, int]
+    features: list[str]
+
+
+def _features_for(
+    cfg: Config, cands: pl.DataFrame, hist: pl.DataFrame, data: RunData, as_of: datetime
+) -> pl.DataFrame:
+    return _build_features(
+        cands, hist, as_of, data.item_attrs, cfg.features.item_windows_days
+    )
+
+
+def build_features(cfg: Config) -> FeaturesResult:
+    """Stage 2: leak-free features (history before each fold's as_of) plus labels."""
+    t0 = time.perf_counter()
+    run = open_run(cfg)
+    data = _load_run_data(run)
+    rows: dict[str, int] = {}
+    names: list[str] = []
+    for name in LABELLED_FOLDS:
+        fold = data.folds[name]
+        cands = pl.read_parquet(run.require(f"candidates/{name}.parquet", "gbrank generate"))
+        labels = pl.read_parquet(run.require(f"labels/{name}.parquet", "gbrank generate"))
+        frame = _features_for(cfg, cands, history(data.events, fold), data, fold.as_of)
+        frame = attach_labels(frame, labels)
+        atomic_write_parquet(frame, run.file(f"features/{name}.parquet"))
+        rows[name] = frame.height
+        names = feature_columns(frame)
+    run.record_stage("features", time.perf_counter() - t0, rows=rows, n_features=len(names))
+    return FeaturesResult(run, rows, names)
+
+
+# --------------------------------------------------------------------------- train
+
+
+def _stable_unit(codes: pl.Expr, seed: int, salt: int) -> pl.Expr:
+    """A deterministic pseudo-random number in [0, 1) per code (splitmix-style integer hash),
+    identical across Polars versions, unlike ``Expr.hash``."""
+    x = (codes.cast(pl.UInt64) + np.uint64(seed * 1_000_003 + salt)) * np.uint64(0x9E3779B97F4A7C15)
+    x = x ^ (x >> 31)
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> 29)
+    return (x % 1_000_003).cast(pl.Float64) / 1_000_003.0
+
+
+def training_rows(frame: pl.DataFrame, cfg: Config) -> pl.DataFrame:
+    """Users with at least one positive; negatives downsampled by a hashed key."""
+    with_pos = frame.filter(pl.col(C.GRADE).max().over(C.USER) > 0)
+    rate = cfg.train.neg_sample_rate
+    if rate < 1.0:
+        key = _stable_unit(pl.col(C.USER) * 1_000_003 + pl.col(C.ITEM), cfg.run.seed, 1)
+        with_pos = with_pos.filter((pl.col(C.GRADE) > 0) | (key < rate))
+    return with_pos.sort(C.USER, C.ITEM)
+
+
+def make_ranker(cfg: Config, **overrides: Any) -> LightGBMRanker:
+    kwargs: dict[str, Any] = {
+        "objective": "lambdarank",
+        "params": cfg.train.params,
+        "num_boost_round": cfg.train.num_boost_round,
+        "early_stopping_rounds": cfg.train.early_stopping_rounds,
+        "label_gain": [0.0, *cfg.events.gain_list()],
+        "seed": cfg.run.seed,
+        "eval_at": cfg.eval.ks,
+    }
+    kwargs.update(overrides)
+    return LightGBMRanker(**kwargs)
+
+
+@dataclass
+class TrainResult:
+    run: Run
+    best_iteration: int
+    train_rows: int
+    valid_rows: int
+    importance: pl.DataFrame
+
+
+def train(cfg: Config) -> TrainResult:
+    """Stage 3: lambdarank on the train fold with early stopping on held-out users; then the
+    serving model, refit on the eval fold with the same number of trees."""
+    t0 = time.perf_counter()
+    run = open_run(cfg)
+    frame = pl.read_parquet(run.require("features/train.parquet", "gbrank features"))
+    features = feature_columns(frame)
+    rows = training_rows(frame, cfg)
+    in_valid = _stable_unit(pl.col(C.USER), cfg.run.seed, 2) < cfg.train.valid_fraction
+    train_part, valid_part = rows.filter(~in_valid), rows.filter(in_valid)
+    ranker = make_ranker(cfg).fit(train_part, features, C.GRADE, valid=valid_part)
+    ranker.save(run.file(EVAL_MODEL))
+
+    serve_frame = pl.read_parquet(run.require("features/eval.parquet", "gbrank features"))
+    serve = make_ranker(cfg, num_boost_round=ranker.best_iteration_, early_stopping_rounds=0)
+    serve.fit(training_rows(serve_frame, cfg), features, C.GRADE)
+    serve.save(run.file(SERVE_MODEL))
+    run.record_stage(
+        "train",
+        time.perf_counter() - t0,
+        best_iteration=ranker.best_iteration_,
+        train_rows=train_part.height,
+        valid_rows=valid_part.height,
+    )
+    return TrainResult(
+        run, ranker.best_iteration_, train_part.height, valid_part.height,
+        ranker.feature_importance(),
+    )
+
+
+# --------------------------------------------------------------------------- eval
+
+
+def top_k(frame: pl.DataFrame, score: str, k: int, descending: bool = True) -> pl.DataFrame:
+    """The best ``k`` rows per user by ``score`` as (user, item, rank); ties by item code."""
+    return (
+        frame.filter(pl.col(score).is_not_null())
+        .sort([C.USER, score, C.ITEM], descending=[False, descending, False])
+        .with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int32).over(C.USER).alias(C.RANK))
+        .filter(pl.col(C.RANK) <= k)
+        .select(C.USER, C.ITEM, C.RANK, pl.col(score).alias(C.SCORE))
+    )
+
+
+@dataclass
+class EvalResult:
+    run: Run
+    metrics: pl.DataFrame  # model, target, metric, k, value
+    users: dict[str, int]  # target -> users evaluated
+
+    def table(self, target: str, metrics: tuple[str, ...] = ("recall", "ndcg", "map", "hitrate")) -> str:
+        return format_table(self.metrics, target, metrics)
+
+
+def format_table(
+    metrics: pl.DataFrame, target: str, names: tuple[str, ...] = ("recall", "ndcg", "map", "hitrate")
+) -> str:
+    sub = metrics.filter((pl.col("target") == target) & pl.col("metric").is_in(names))
+    ks = sorted(sub["k"].unique().to_list())
+    cols = [(m, k) for k in ks for m in names]
+    models = sub["model"].unique(maintain_order=True).to_list()
+    lookup = {(r["model"], r["metric"], r["k"]): r["value"] for r in sub.to_dicts()}
+    width = max(len(m) for m in models) + 2
+    head = "model".ljust(width) + "".join(f"{m}@{k}".rjust(11) for m, k in cols)
+    lines = [f"target: {target}", head, "-" * len(head)]
+    for model in models:
+        vals = "".join(f"{lookup.get((model, m, k), float('nan')):11.4f}" for m, k in cols)
+        lines.append(model.ljust(width) + vals)
+    return "\n".join(lines)
+
+
+def evaluate(cfg: Config) -> EvalResult:
+    """Stage 4: score the eval fold with the train-fold ranker; compare with every source."""
+    t0 = time.perf_counter()
+    run = open_run(cfg)
+    frame = pl.read_parquet(run.require("features/eval.parquet", "gbrank features"))
+    labels = pl.read_parquet(run.require("labels/eval.parquet", "gbrank generate"))
+    ranker = LightGBMRanker.load(run.file(EVAL_MODEL)) if run.file(
+        EVAL_MODEL + ".txt"
+    ).exists() else None
+    if ranker is None:
+        raise MissingInputError(
+            f"{run.file(EVAL_MODEL + '.txt')} does not exist: run `gbrank train` first"
+        )
+    k_max = max(cfg.eval.ks)
+    scored = frame.with_columns(pl.Series("_ranker", ranker.predict(frame)))
+    lists = {RANKER: top_k(scored, "_ranker", k_max)}
+    for source in cfg.candidates.sources:
+        lists[source] = top_k(frame, C.rank_col(source), k_max, descending=False)
+    rows: list[dict[str, Any]] = []
+    users: dict[str, int] = {}
+    for target in cfg.eval.targets:
+        relevant = relevant_items(labels, target)
+        for model, recs in lists.items():
+            report = ranking_metrics(recs, relevant, ks=cfg.eval.ks)
+            rows.extend(metrics_rows(report, model, target))
+            users[target] = report.n_users
+    metrics = pl.DataFrame(rows)
+    atomic_write_json(rows, run.file("metrics.json"))
+    run.record_stage("eval", time.perf_counter() - t0, users=users)
+    run.write_manifest(cfg.hash(), cfg.run.seed, {"events": run.progress().get("generate", {}).get("inputs", "")})
+    return EvalResult(run, metrics, users)
+
+
+# --------------------------------------------------------------------------- recommend
+
+
+@dataclass
+class RecommendResult:
+    recs: pl.DataFrame  # user_id, item_id, score, rank (raw ids)
+    n_users: int
+    n_cold: int
+
+
+def _read_user_list(path: Path, vocab: Vocab) -> pl.Series:
+    if not path.exists():
+        raise MissingInputError(f"users file {path} does not exist")
+    if path.suffix.lower() in (".parquet", ".pq"):
+        frame = pl.read_parquet(path)
+    else:
+        frame = pl.read_csv(path, infer_schema_length=0)  # keep ids as text; cast below
+    col = C.RAW_USER if C.RAW_USER in frame.columns else frame.columns[0]
+    return frame[col].drop_nulls().unique(maintain_order=True)
+
+
+def recommend(cfg: Config, k: int, users_file: str | Path | None = None) -> RecommendResult:
+    """Top-``k`` items per user at the end of the data, with raw ids.
+
+    Sources are refit on all events and scored by the serving ranker (fitted on the fold that
+    ends at the end of the data). Users unknown to the data get popularity.
+    """
+    run = open_run(cfg)
+    data = _load_run_data(run)
+    ranker = LightGBMRanker.load(run.file(SERVE_MODEL))
+    fold = data.folds["inference"]
+    if users_file is not None:
+        raw = _read_user_list(Path(users_file), data.users)
+        codes = data.users.encode(raw)
+        known = codes.drop_nulls().unique().sort().to_numpy()
+        cold_raw = raw.filter(codes.is_null())
+    else:
+        known = np.arange(len(data.users), dtype=np.int32)
+        cold_raw = pl.Series(C.RAW_USER, [], dtype=data.users.dtype)
+
+    hist = data.events
+    popularity = build_source("popularity", "popularity", {"filter_seen": False}).fit(
+        hist, n_users=len(data.users), n_items=len(data.items), as_of=fold.as_of
+    )
+    pop_list = popularity.generate(np.array([0], dtype=np.int32), k)[C.ITEM].to_list()
+    parts = []
+    sources = [(s.fit(hist, n_users=len(data.users), n_items=len(data.items), as_of=fold.as_of), n)
+               for s, n in _sources(cfg)]
+    for i in range(0, len(known), cfg.candidates.batch_users):
+        batch = known[i : i + cfg.candidates.batch_users]
+        frames = {s.name: s.generate(batch, n) for s, n in sources}
+        cands = union_candidates(frames)
+        feats = _features_for(cfg, cands, hist, data, fold.as_of)
+        scored = feats.select(C.USER, C.ITEM).with_columns(
+            pl.Series(C.SCORE, ranker.predict(feats), dtype=pl.Float64)
+        )
+        parts.append(_fill_to_k(scored, batch, pop_list, k))
+    recs = pl.concat(parts) if parts else pl.DataFrame(
+        schema={C.USER: pl.Int32, C.ITEM: pl.Int32, C.SCORE: pl.Float64, C.RANK: pl.Int32}
+    )
+    out = pl.DataFrame(
+        {
+            C.RAW_USER: data.users.decode(recs[C.USER]),
+            C.RAW_ITEM: data.items.decode(recs[C.ITEM]),
+            C.SCORE: recs[C.SCORE],
+            C.RANK: recs[C.RANK],
+        }
+    )
+    if cold_raw.len():
+        pop_items = data.items.decode(pl.Series(pop_list, dtype=pl.Int32))
+        cold = pl.DataFrame({C.RAW_USER: cold_raw}).join(
+            pl.DataFrame(
+                {
+                    C.RAW_ITEM: pop_items,
+                    C.SCORE: pl.Series([None] * len(pop_list), dtype=pl.Float64),
+                    C.RANK: pl.int_range(1, len(pop_list) + 1, dtype=pl.Int32, eager=True),
+                }
+            ),
+            how="cross",
+        )
+        out = pl.concat([out, cold.cast(out.schema)])  # type: ignore[arg-type]
+    return RecommendResult(out, len(known) + cold_raw.len(), cold_raw.len())
+
+
+def _fill_to_k(scored: pl.DataFrame, users: np.ndarray, pop_list: list[int], k: int) -> pl.DataFrame:
+    """Top-k of the ranked candidates; users with fewer than k are topped up with popular items
+    they were not already given (scored below every ranked item)."""
+    floor = (scored[C.SCORE].min() or 0.0) - 1.0
+    pop = pl.DataFrame(
+        {
+            C.ITEM: pl.Series(pop_list, dtype=pl.Int32),
+            C.SCORE: floor - np.arange(len(pop_list), dtype=np.float64),
+        }
+    )
+    filler = pl.DataFrame({C.USER: pl.Series(users, dtype=pl.Int32)}).join(pop, how="cross")
+    filler = filler.join(scored, on=[C.USER, C.ITEM], how="anti")
+    both = pl.concat([scored, filler.select(scored.columns)])
+    return top_k(both, C.SCORE, k)
+
+
+def save_recommendations(result: RecommendResult, out: str | Path) -> Path:
+    path = Path(out)
+    atomic_write_table(result.recs, path)
+    return path

@@ -1,0 +1,1 @@
+"""Rankers: gradient-boosted models over candidate features."""

@@ -1,0 +1,392 @@
+"""Candidate sources: one conformance suite for every source, known answers, union, registry."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import cache
+
+import numpy as np
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from gbrank.candidates import (
+    CANDIDATE_SCHEMA,
+    SOURCE_KINDS,
+    ALSSource,
+    CandidateSource,
+    HistorySource,
+    ItemKNNSource,
+    PopularitySource,
+    build_source,
+    union_candidates,
+)
+from gbrank.columns import EVENT, EVENT_CODE, ITEM, N_SOURCES, RANK, SCORE, TS, USER
+from gbrank.errors import ConfigError, DataError, NotFittedError
+
+VIEW, CLICK, CART, PURCHASE = (EVENT_CODE[e] for e in ("view", "click", "cart", "purchase"))
+AS_OF = datetime(2024, 1, 31)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    history: pl.DataFrame
+    n_users: int
+    n_items: int
+    k: int
+
+    @property
+    def warm_users(self) -> set[int]:
+        return set(self.history[USER].unique().to_list())
+
+    @property
+    def seen(self) -> set[tuple[int, int]]:
+        return set(self.history.select(USER, ITEM).unique().iter_rows())
+
+
+def make_history(rows: Sequence[tuple[int, int, float, int]]) -> pl.DataFrame:
+    """Coded history from ``(user, item, days before AS_OF, event)`` rows."""
+    users, items, days, events = zip(*rows, strict=True)
+    return pl.DataFrame(
+        {
+            USER: pl.Series(users, dtype=pl.Int32),
+            ITEM: pl.Series(items, dtype=pl.Int32),
+            TS: pl.Series([AS_OF - timedelta(days=d) for d in days], dtype=pl.Datetime("ms")),
+            EVENT: pl.Series(events, dtype=pl.Int8),
+        }
+    )
+
+
+# 6 users, 6 items. User 5 and item 5 have no history. Weights (1, 2, 4, 8) by event code.
+TINY_ROWS = [
+    # user item days event
+    (0, 0, 1, VIEW),  # 0  user 0: item 0 yesterday ...
+    (0, 1, 30, VIEW),  # 1  ... item 1 a month ago (outside the 7-day window)
+    (1, 2, 2, PURCHASE),  # 2  users 1, 2, 3 consume items 2 and 3 together
+    (1, 3, 2, PURCHASE),  # 3
+    (2, 2, 3, CART),  # 4
+    (2, 3, 3, CART),  # 5
+    (3, 2, 4, CLICK),  # 6
+    (3, 3, 4, CLICK),  # 7
+    (4, 2, 5, VIEW),  # 8  user 4 has item 2 but not item 3 ...
+    (4, 4, 20, VIEW),  # 9  ... and item 4, outside the window
+    (1, 0, 6, VIEW),  # 10
+]
+# Popularity over the last 7 days: item 2 = 8+4+2+1 = 15, item 3 = 8+4+2 = 14, item 0 = 1+1 = 2.
+TINY_POPULAR = [2, 3, 0]
+
+
+@cache
+def tiny() -> Dataset:
+    return Dataset(make_history(TINY_ROWS), n_users=6, n_items=6, k=4)
+
+
+@cache
+def medium() -> Dataset:
+    """300 users x 200 items, 4000 events; users 280.. and items 190.. have no history."""
+    rng = np.random.default_rng(20240131)
+    n_events = 4000
+    popularity = 1.0 / np.arange(1, 191) ** 0.9  # Zipf-ish items
+    history = pl.DataFrame(
+        {
+            USER: rng.integers(0, 280, n_events).astype(np.int32),
+            ITEM: rng.choice(190, n_events, p=popularity / popularity.sum()).astype(np.int32),
+            TS: AS_OF
+            - pl.Series(rng.integers(1, 30 * 86_400, n_events) * 1000).cast(pl.Duration("ms")),
+            EVENT: rng.choice(4, n_events, p=[0.8, 0.12, 0.05, 0.03]).astype(np.int8),
+        }
+    ).with_columns(pl.col(TS).cast(pl.Datetime("ms")))
+    return Dataset(history, n_users=300, n_items=200, k=10)
+
+
+DATASETS: dict[str, Callable[[], Dataset]] = {"tiny": tiny, "medium": medium}
+
+CASES: dict[str, Callable[[], CandidateSource]] = {
+    "popularity": lambda: PopularitySource(),
+    "popularity_keep_seen": lambda: PopularitySource(filter_seen=False),
+    "history": lambda: HistorySource(),
+    "als": lambda: ALSSource(factors=8, iterations=5),
+    "als_keep_seen": lambda: ALSSource(factors=8, iterations=5, filter_seen=False),
+    "itemknn_cosine": lambda: ItemKNNSource(similarity="cosine"),
+    "itemknn_bm25": lambda: ItemKNNSource(similarity="bm25"),
+    "itemknn_tfidf": lambda: ItemKNNSource(similarity="tfidf"),
+    "itemknn_keep_seen": lambda: ItemKNNSource(filter_seen=False),
+}
+
+
+def fit(source: CandidateSource, data: Dataset) -> CandidateSource:
+    return source.fit(data.history, n_users=data.n_users, n_items=data.n_items, as_of=AS_OF)
+
+
+@dataclass(frozen=True)
+class Run:
+    case: str
+    data: Dataset
+    source: CandidateSource
+    users: np.ndarray
+    out: pl.DataFrame
+
+
+@pytest.fixture(
+    scope="module",
+    params=[(d, c) for d in DATASETS for c in CASES],
+    ids=lambda p: f"{p[0]}-{p[1]}",
+)
+def run(request: pytest.FixtureRequest) -> Run:
+    dataset, case = request.param
+    data = DATASETS[dataset]()
+    source = fit(CASES[case](), data)
+    # Every known code plus two beyond the fitted range (users who arrived after as_of).
+    users = np.arange(data.n_users + 2, dtype=np.int32)
+    users[-1] = data.n_users + 1000
+    return Run(case, data, source, users, source.generate(users, data.k))
+
+
+class TestSourceConformance:
+    def test_schema(self, run: Run) -> None:
+        assert run.out.schema == pl.Schema(CANDIDATE_SCHEMA)
+        assert run.out.height > 0
+
+    def test_ranks_contiguous_up_to_k(self, run: Run) -> None:
+        per_user = run.out.group_by(USER).agg(pl.col(RANK), pl.len().alias("n"))
+        for ranks, n in per_user.select(RANK, "n").iter_rows():
+            assert ranks == list(range(1, n + 1))
+            assert n <= run.data.k
+
+    def test_sorted_by_user_then_rank(self, run: Run) -> None:
+        assert_frame_equal(run.out, run.out.sort(USER, RANK))
+
+    def test_unique_pairs(self, run: Run) -> None:
+        assert run.out.select(USER, ITEM).is_duplicated().sum() == 0
+
+    def test_scores_non_increasing_and_ties_by_item(self, run: Run) -> None:
+        previous = run.out.select(
+            pl.col(USER).shift().over(USER).alias("same_user"),
+            pl.col(SCORE).shift().over(USER).alias("prev_score"),
+            pl.col(ITEM).shift().over(USER).alias("prev_item"),
+            SCORE,
+            ITEM,
+        ).drop_nulls("same_user")
+        assert (previous["prev_score"] >= previous[SCORE]).all()
+        ties = previous.filter(pl.col("prev_score") == pl.col(SCORE))
+        assert (ties["prev_item"] < ties[ITEM]).all()
+
+    def test_seen_items(self, run: Run) -> None:
+        proposed_seen = set(run.out.select(USER, ITEM).iter_rows()) & run.data.seen
+        if getattr(run.source, "filter_seen", False):
+            assert not proposed_seen
+        elif run.data is medium():
+            # Without filtering the user's own items are strong candidates for every source.
+            assert proposed_seen
+
+    def test_cold_users(self, run: Run) -> None:
+        served = set(run.out[USER].unique().to_list())
+        cold = set(run.users.tolist()) - run.data.warm_users
+        if isinstance(run.source, PopularitySource):
+            assert cold <= served  # warm users may have seen every popular item (tiny user 1)
+            lists = run.out.filter(pl.col(USER).is_in(sorted(cold))).group_by(USER).agg(ITEM)
+            assert lists[ITEM].n_unique() == 1  # one global list for everyone without history
+        else:
+            assert not served & cold
+
+    def test_deterministic(self, run: Run) -> None:
+        again = fit(CASES[run.case](), run.data).generate(run.users, run.data.k)
+        assert_frame_equal(run.out, again)
+
+    def test_users_as_series_list_with_duplicates(self, run: Run) -> None:
+        users = run.users[::-1].tolist() * 2
+        assert_frame_equal(run.source.generate(pl.Series(users), run.data.k), run.out)
+        assert_frame_equal(run.source.generate(users, run.data.k), run.out)
+
+    def test_no_users(self, run: Run) -> None:
+        empty = run.source.generate(np.array([], dtype=np.int32), run.data.k)
+        assert empty.schema == pl.Schema(CANDIDATE_SCHEMA) and empty.height == 0
+
+    def test_generate_before_fit(self, run: Run) -> None:
+        with pytest.raises(NotFittedError, match="call fit"):
+            CASES[run.case]().generate([0], 5)
+
+    def test_bad_k(self, run: Run) -> None:
+        with pytest.raises(ValueError, match="k must be a positive integer"):
+            run.source.generate([0], 0)
+
+
+def items_of(out: pl.DataFrame, user: int) -> list[int]:
+    return out.filter(pl.col(USER) == user)[ITEM].to_list()
+
+
+class TestKnownAnswers:
+    def test_popularity_order(self) -> None:
+        out = fit(PopularitySource(filter_seen=False), tiny()).generate([0, 5], k=10)
+        assert items_of(out, 5) == TINY_POPULAR
+        assert out.filter(pl.col(USER) == 5)[SCORE].to_list() == [15.0, 14.0, 2.0]
+        assert items_of(out, 0) == TINY_POPULAR
+
+    def test_popularity_filters_each_users_seen_items(self) -> None:
+        out = fit(PopularitySource(), tiny()).generate([0, 4, 5, 99], k=10)
+        assert items_of(out, 0) == [2, 3]  # has seen 0 and 1
+        assert items_of(out, 4) == [3, 0]  # has seen 2 and 4
+        assert items_of(out, 5) == items_of(out, 99) == TINY_POPULAR
+        assert out.filter(pl.col(USER) == 4)[RANK].to_list() == [1, 2]
+
+    def test_popularity_falls_back_to_all_history_when_window_is_empty(self) -> None:
+        # Nothing in the last 12 hours: count everything; items 1 and 4 tie at 1.0.
+        out = fit(PopularitySource(window_days=0.5, filter_seen=False), tiny()).generate([5], 10)
+        assert items_of(out, 5) == [2, 3, 0, 1, 4]
+        whole = fit(PopularitySource(window_days=None, filter_seen=False), tiny())
+        assert_frame_equal(whole.generate([5], 10), out)
+
+    def test_history_prefers_recent_and_heavy_events(self) -> None:
+        out = fit(HistorySource(half_life_days=14), tiny()).generate([0, 1, 5], k=10)
+        assert items_of(out, 0) == [0, 1]
+        expected = [0.5 ** (1 / 14), 0.5 ** (30 / 14)]
+        assert out.filter(pl.col(USER) == 0)[SCORE].to_list() == pytest.approx(expected)
+        # Items 2 and 3 tie (both purchased two days ago): the smaller code ranks first.
+        assert items_of(out, 1) == [2, 3, 0]
+        assert items_of(out, 5) == []
+
+    @pytest.mark.parametrize("similarity", ["cosine", "bm25", "tfidf"])
+    def test_itemknn_proposes_the_co_consumed_item(self, similarity: str) -> None:
+        out = fit(ItemKNNSource(similarity=similarity), tiny()).generate([4], k=10)
+        assert items_of(out, 4)[0] == 3  # item 3 always came with item 2 (rows 2-7)
+        assert items_of(out, 4)[:2] == [3, 0]
+
+    def test_als_stays_within_the_block(self) -> None:
+        # Block-diagonal users x items: users 0-4 use items 0-4, users 5-9 items 5-9; user u
+        # skips item u. The only unseen in-block item is the user's own code.
+        rows = [
+            (u, i, 1, CLICK) for u in range(10) for i in range(10) if (u < 5) == (i < 5) and i != u
+        ]
+        data = Dataset(make_history(rows), n_users=10, n_items=10, k=3)
+        out = fit(ALSSource(factors=4, iterations=15, seed=3), data).generate(range(10), k=3)
+        assert out.filter(pl.col(RANK) == 1)[ITEM].to_list() == list(range(10))
+
+
+class TestFitInputs:
+    def test_events_at_as_of_are_rejected(self) -> None:
+        history = tiny().history.with_columns(pl.col(TS).max().alias(TS).dt.offset_by("1d"))
+        with pytest.raises(DataError, match="as_of"):
+            HistorySource().fit(history, n_users=6, n_items=6, as_of=AS_OF)
+
+    def test_codes_out_of_range_are_rejected(self) -> None:
+        with pytest.raises(DataError, match=r"column 'item': codes must lie in \[0, 4\)"):
+            PopularitySource().fit(tiny().history, n_users=6, n_items=4, as_of=AS_OF)
+
+    def test_missing_column_is_rejected(self) -> None:
+        with pytest.raises(DataError, match="event"):
+            ALSSource().fit(tiny().history.drop(EVENT), n_users=6, n_items=6, as_of=AS_OF)
+
+    def test_invalid_param_is_rejected_at_fit(self) -> None:
+        with pytest.raises(ValueError, match="event_weights"):
+            fit(PopularitySource(event_weights=(1.0, 2.0)), tiny())
+
+
+def brute_force_union(frames: dict[str, pl.DataFrame]) -> pl.DataFrame:
+    rows: dict[tuple[int, int], dict[str, float | int | None]] = {}
+    for name, frame in frames.items():
+        for user, item, score, rank in frame.select(USER, ITEM, SCORE, RANK).iter_rows():
+            row = rows.setdefault((user, item), {})
+            row[f"{name}_score"], row[f"{name}_rank"] = score, rank
+    records = []
+    for (user, item), found in sorted(rows.items()):
+        record: dict[str, float | int | None] = {USER: user, ITEM: item}
+        for name in frames:
+            record[f"{name}_score"] = found.get(f"{name}_score")
+            record[f"{name}_rank"] = found.get(f"{name}_rank")
+        record[N_SOURCES] = sum(f"{name}_rank" in found for name in frames)
+        records.append(record)
+    schema: dict[str, pl.DataType] = {USER: pl.Int32(), ITEM: pl.Int32()}
+    for name in frames:
+        schema[f"{name}_score"] = pl.Float32()
+        schema[f"{name}_rank"] = pl.Int32()
+    schema[N_SOURCES] = pl.Int8()
+    return pl.DataFrame(records, schema=schema, orient="row")
+
+
+class TestUnion:
+    def test_hand_built(self) -> None:
+        pop = pl.DataFrame(
+            {USER: [0, 0, 1], ITEM: [5, 7, 5], SCORE: [3.0, 2.0, 3.0], RANK: [1, 2, 1]}
+        )
+        als = pl.DataFrame({USER: [0, 2], ITEM: [7, 1], SCORE: [0.5, 0.25], RANK: [1, 1]})
+        union = union_candidates({"pop": pop, "als": als})
+        expected = pl.DataFrame(
+            {
+                USER: [0, 0, 1, 2],  # row per (user, item), sorted
+                ITEM: [5, 7, 5, 1],
+                "pop_score": [3.0, 2.0, 3.0, None],
+                "pop_rank": [1, 2, 1, None],
+                "als_score": [None, 0.5, None, 0.25],
+                "als_rank": [None, 1, None, 1],
+                N_SOURCES: [1, 2, 1, 1],
+            },
+            schema=brute_force_union({"pop": pop, "als": als}).schema,
+        )
+        assert_frame_equal(union, expected)
+
+    def test_matches_brute_force_on_real_sources(self) -> None:
+        data = medium()
+        users = np.arange(data.n_users)
+        frames = {
+            name: fit(CASES[name](), data).generate(users, k=15)
+            for name in ("popularity", "history", "als", "itemknn_bm25")
+        }
+        union = union_candidates(frames)
+        assert_frame_equal(union, brute_force_union(frames))
+        assert (union[N_SOURCES] >= 2).any()  # the sources do overlap
+
+    def test_empty_mapping(self) -> None:
+        with pytest.raises(ValueError, match="at least one"):
+            union_candidates({})
+
+
+class TestBuildSource:
+    def test_builds_every_kind_with_defaults(self) -> None:
+        for kind, source_class in SOURCE_KINDS.items():
+            source = build_source(f"my_{kind}", kind, {})
+            assert isinstance(source, source_class) and source.name == f"my_{kind}"
+
+    def test_passes_params(self) -> None:
+        source = build_source("knn", "itemknn", {"similarity": "bm25", "neighbours": 20})
+        assert isinstance(source, ItemKNNSource)
+        assert (source.similarity, source.neighbours) == ("bm25", 20)
+
+    def test_unknown_key_names_nearest(self) -> None:
+        with pytest.raises(ConfigError) as raised:
+            build_source("als", "als", {"factor": 32})
+        assert str(raised.value) == (
+            "candidates.sources.als: unknown key 'factor'; did you mean 'factors'?"
+        )
+
+    def test_unknown_key_without_near_name_lists_valid_keys(self) -> None:
+        with pytest.raises(ConfigError, match="unknown key 'zzz'; valid: event_weights, "):
+            build_source("recent", "history", {"zzz": 1})
+
+    def test_unknown_kind_names_nearest(self) -> None:
+        with pytest.raises(ConfigError, match="candidates.sources.x: unknown kind 'itemkn'; "):
+            build_source("x", "itemkn", {})
+        with pytest.raises(ConfigError, match="did you mean 'itemknn'"):
+            build_source("x", "itemkn", {})
+
+    @pytest.mark.parametrize(
+        ("kind", "params", "message"),
+        [
+            ("itemknn", {"similarity": "jaccard"}, "similarity must be one of"),
+            ("als", {"factors": 0}, "factors must be an integer > 0"),
+            ("als", {"factors": 8.5}, "factors must be an integer > 0"),
+            ("popularity", {"window_days": -1}, "window_days must be a number > 0"),
+            ("popularity", {"filter_seen": "yes"}, "filter_seen must be true or false"),
+            ("history", {"event_weights": [1, 0, 4, 8]}, "event_weights must be 4 positive"),
+        ],
+    )
+    def test_invalid_values(self, kind: str, params: dict[str, object], message: str) -> None:
+        with pytest.raises(ConfigError, match=f"candidates.sources.s: {message}"):
+            build_source("s", kind, params)
+
+
+def test_history_scores_are_finite_float32() -> None:
+    out = fit(HistorySource(), medium()).generate(np.arange(300), 50)
+    assert all(math.isfinite(s) and s > 0 for s in out[SCORE].to_list())
