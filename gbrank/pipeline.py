@@ -238,23 +238,26 @@ def build_features(cfg: Config) -> FeaturesResult:
 # --------------------------------------------------------------------------- train
 
 
-def _stable_unit(codes: pl.Expr, seed: int, salt: int) -> pl.Expr:
-    """A deterministic pseudo-random number in [0, 1) per code (splitmix-style integer hash),
-    identical across Polars versions, unlike ``Expr.hash``."""
-    x = (codes.cast(pl.UInt64) + np.uint64(seed * 1_000_003 + salt)) * np.uint64(0x9E3779B97F4A7C15)
-    x = x ^ (x >> 31)
-    x = x * np.uint64(0xBF58476D1CE4E5B9)
-    x = x ^ (x >> 29)
-    return (x % 1_000_003).cast(pl.Float64) / 1_000_003.0
+def stable_unit(codes: np.ndarray, seed: int, salt: int) -> np.ndarray:
+    """A deterministic pseudo-random number in [0, 1) per code (a splitmix64 finalizer),
+    identical across library versions, unlike Polars' ``hash``."""
+    with np.errstate(over="ignore"):
+        x = codes.astype(np.uint64) + np.uint64((seed * 1_000_003 + salt) % 2**63)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(11)).astype(np.float64) / float(2**53)
 
 
 def training_rows(frame: pl.DataFrame, cfg: Config) -> pl.DataFrame:
-    """Users with at least one positive; negatives downsampled by a hashed key."""
+    """Users with at least one positive; negatives downsampled by a hashed (user, item) key."""
     with_pos = frame.filter(pl.col(C.GRADE).max().over(C.USER) > 0)
     rate = cfg.train.neg_sample_rate
     if rate < 1.0:
-        key = _stable_unit(pl.col(C.USER) * 1_000_003 + pl.col(C.ITEM), cfg.run.seed, 1)
-        with_pos = with_pos.filter((pl.col(C.GRADE) > 0) | (key < rate))
+        pair = with_pos[C.USER].to_numpy().astype(np.uint64) << np.uint64(32)
+        pair |= with_pos[C.ITEM].to_numpy().astype(np.uint64)
+        keep = (with_pos[C.GRADE].to_numpy() > 0) | (stable_unit(pair, cfg.run.seed, 1) < rate)
+        with_pos = with_pos.filter(pl.Series(keep))
     return with_pos.sort(C.USER, C.ITEM)
 
 
@@ -289,7 +292,9 @@ def train(cfg: Config) -> TrainResult:
     frame = pl.read_parquet(run.require("features/train.parquet", "gbrank features"))
     features = feature_columns(frame)
     rows = training_rows(frame, cfg)
-    in_valid = _stable_unit(pl.col(C.USER), cfg.run.seed, 2) < cfg.train.valid_fraction
+    in_valid = pl.Series(
+        stable_unit(rows[C.USER].to_numpy(), cfg.run.seed, 2) < cfg.train.valid_fraction
+    )
     train_part, valid_part = rows.filter(~in_valid), rows.filter(in_valid)
     ranker = make_ranker(cfg).fit(train_part, features, C.GRADE, valid=valid_part)
     ranker.save(run.file(EVAL_MODEL))

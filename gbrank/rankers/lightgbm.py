@@ -30,10 +30,11 @@ from gbrank.runs import atomic_write_json, atomic_write_text
 
 def group_sizes(frame: pl.DataFrame) -> np.ndarray:
     """Query sizes for a frame sorted by user (the only place groups are made)."""
-    users = frame[C.USER]
-    if not users.is_sorted():
+    users = frame[C.USER].to_numpy()
+    if users.size and np.any(users[1:] < users[:-1]):
         raise ValueError("the frame must be sorted by user before ranking (sort by 'user')")
-    return users.rle_lengths().to_numpy()
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1], True])
+    return np.diff(starts)
 
 
 def _matrix(frame: pl.DataFrame, features: Sequence[str]) -> np.ndarray:
