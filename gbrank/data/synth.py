@@ -113,7 +113,7 @@ class SynthConfig:
     # Catalogue.
     categories: int = 50
     brands: int = 300
-    zipf_exponent: float = 1.0  # base item popularity ~ rank ** -zipf_exponent
+    zipf_exponent: float = 0.8  # base item popularity ~ rank ** -zipf_exponent
     new_item_share: float = 0.25  # items released during the period
     trending_share: float = 0.15  # older items that get a rise-and-decay trend in the period
     trend_amplitude: float = 4.0  # median peak multiplier of a trend (new items: launch bump)
@@ -129,9 +129,9 @@ class SynthConfig:
     views_per_session: float = 4.5  # mean, negative binomial (heavy tail of long sessions)
     session_stickiness: float = 0.75  # views that stay in the session's first category
     price_browse_floor: float = 0.3  # browse acceptance of an item far outside the price band
-    click_bias: float = -0.55
-    cart_bias: float = -1.75
-    purchase_bias: float = -0.45
+    click_bias: float = -1.7
+    cart_bias: float = -3.5
+    purchase_bias: float = -3.2
     quality_weight: float = 0.5  # logit weight of item quality in every funnel step
     price_weight: float = 0.8  # ... of the price fit to the user's band (in [-1, 1])
     brand_weight: float = 0.8  # ... of the item being one of the user's favourite brands
@@ -587,7 +587,9 @@ def _sample_taste_cats(
     cfg: SynthConfig, cat: _Catalog, users: _Users, u: np.ndarray, rng: np.random.Generator
 ) -> np.ndarray:
     explore = rng.random(len(u)) < cfg.explore_share
-    glob = np.minimum(np.searchsorted(cat.cat_cdf, rng.random(len(u)), side="right"), cat.n_cats - 1)
+    glob = np.minimum(
+        np.searchsorted(cat.cat_cdf, rng.random(len(u)), side="right"), cat.n_cats - 1
+    )
     slot = _slot_from_weights(users.taste_w[u], rng.random((len(u), 1)))[:, 0]
     core = users.taste_cats[u, slot]
     return np.where(explore, glob, core)
@@ -724,9 +726,9 @@ def _standalone(
 
 def _generate_chunk(
     cfg: SynthConfig, cat: _Catalog, lo: int, hi: int, chunk: int
-) -> tuple[_Users, dict[str, np.ndarray], np.ndarray]:
-    """Users ``lo..hi`` and their events. Returns users, event columns (sorted by session
-    then time) and the per-session sort rank used for session ids."""
+) -> tuple[_Users, dict[str, np.ndarray]]:
+    """Users ``lo..hi`` and their events, sorted by user, session start, time and funnel
+    step. Event times are in days since ``start``; ``sess`` is a dense session number."""
     rng = _rng(cfg.seed, 1, chunk)
     users = _make_users(cfg, cat, lo, hi, rng)
     n = hi - lo
@@ -830,13 +832,377 @@ def _generate_chunk(
         purchases = _Purchases.concat(parts)
 
     cols = ev.concat()
-    keep = cols["t"] < days
+    # Events are clocked in ms; anything at or after the end of the period is cut.
+    cols["ms"] = np.round(cols["t"] * _MS_PER_DAY).astype(np.int64)
+    keep = cols["ms"] < cfg.days * _MS_PER_DAY
     cols = {k: v[keep] for k, v in cols.items()}
-    s_user_all = np.concatenate(sessions.user)
-    s_start_all = np.concatenate(sessions.start)
+    s_user = np.concatenate(sessions.user)
+    s_start = np.concatenate(sessions.start)
     s_rank = np.empty(sessions.n, dtype=np.int64)
-    s_rank[np.lexsort((np.arange(sessions.n), s_start_all, s_user_all))] = np.arange(sessions.n)
-    order = np.lexsort((cols["code"], cols["t"], s_rank[cols["sess"]]))
+    s_rank[np.lexsort((np.arange(sessions.n), s_start, s_user))] = np.arange(sessions.n)
+    order = np.lexsort((cols["code"], cols["ms"], s_rank[cols["sess"]]))
     cols = {k: v[order] for k, v in cols.items()}
-    cols["sess_rank"] = s_rank[cols["sess"]]
-    return users, cols, s_rank
+    # Dense session numbers over the sessions that kept at least one event.
+    rank = s_rank[cols["sess"]]
+    new = np.ones(len(rank), dtype=bool)
+    new[1:] = rank[1:] != rank[:-1]
+    cols["sess"] = np.cumsum(new) - 1
+    return users, cols
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics.
+
+
+def popularity_stats(counts: np.ndarray) -> dict[str, float]:
+    """Skew of events per item: Gini, share of the top 1% of items, and the Zipf exponent
+    fitted (least squares on log-log) over the top half of the items that have events.
+
+    Example:
+        >>> s = popularity_stats(np.array([100, 10, 5, 1, 0]))
+        >>> round(s["top1pct_share"], 3)
+        0.862
+    """
+    x = np.sort(np.asarray(counts, dtype=np.float64))[::-1]
+    total = x.sum()
+    n = len(x)
+    if n == 0 or total <= 0:
+        return {"gini": 0.0, "top1pct_share": 0.0, "zipf_fit": 0.0}
+    top = max(1, math.ceil(0.01 * n))
+    asc = x[::-1]
+    gini = float(2.0 * np.sum(np.arange(1, n + 1) * asc) / (n * total) - (n + 1) / n)
+    pos = x[x > 0]
+    m = max(2, len(pos) // 2)
+    pos = pos[:m]
+    if len(pos) >= 2:
+        slope = float(np.polyfit(np.log(np.arange(1, len(pos) + 1)), np.log(pos), 1)[0])
+    else:
+        slope = 0.0
+    return {"gini": gini, "top1pct_share": float(x[:top].sum() / total), "zipf_fit": -slope}
+
+
+def _repurchase_counts(
+    u: np.ndarray, item: np.ndarray, t: np.ndarray, window_start: float
+) -> tuple[int, int]:
+    """(re-bought, all) distinct (user, item) purchases at or after ``window_start`` by users
+    who purchased before it; re-bought means the user bought the item before the window."""
+    if len(u) == 0:
+        return 0, 0
+    key = u.astype(np.int64) * (int(item.max()) + 1) + item
+    before = t < window_start
+    returning = np.zeros(int(u.max()) + 1, dtype=bool)
+    returning[u[before]] = True
+    prior = np.unique(key[before])
+    window = np.unique(key[~before & returning[u]])
+    return int(np.isin(window, prior, assume_unique=True).sum()), len(window)
+
+
+def repurchase_share(
+    events: pl.DataFrame | pl.LazyFrame, window_days: float = 30.0, end: datetime | None = None
+) -> float:
+    """Share of re-bought items among returning customers' purchases in the last window.
+
+    Among distinct (user, item) purchases in ``[end - window_days, end)`` by users who had
+    purchased before that window, the share whose item the same user bought before the
+    window (UCI Online Retail: 42.6% over 30 days). ``end`` defaults to midnight after the
+    last event. NaN when no returning customer bought anything in the window.
+
+    Example:
+        >>> ev = pl.DataFrame({"user_id": [1, 1, 1], "item_id": [5, 5, 6],
+        ...     "ts": [datetime(2024, 1, 1), datetime(2024, 2, 20), datetime(2024, 2, 21)],
+        ...     "event": ["purchase"] * 3})
+        >>> repurchase_share(ev, 30, datetime(2024, 3, 1))
+        0.5
+    """
+    frame = events.lazy() if isinstance(events, pl.DataFrame) else events
+    buys = (
+        frame.filter(pl.col(C.RAW_EVENT) == "purchase")
+        .select(C.RAW_USER, C.RAW_ITEM, C.RAW_TS)
+        .collect()
+    )
+    if buys.height == 0:
+        return float("nan")
+    if end is None:
+        last = buys[C.RAW_TS].max()
+        assert isinstance(last, datetime)
+        end = datetime(last.year, last.month, last.day) + timedelta(days=1)
+    w0 = end - timedelta(days=window_days)
+    u = buys[C.RAW_USER].rank("dense").to_numpy().astype(np.int64)
+    i = buys[C.RAW_ITEM].rank("dense").to_numpy().astype(np.int64)
+    before = (buys[C.RAW_TS] < w0).to_numpy()
+    inside = (buys[C.RAW_TS] < end).to_numpy()
+    hit, total = _repurchase_counts(u[inside], i[inside], np.where(before, 0.0, 1.0)[inside], 0.5)
+    return hit / total if total else float("nan")
+
+
+# --------------------------------------------------------------------------------------------
+# Writing.
+
+
+def _naive_utc(ts: datetime) -> datetime:
+    if ts.tzinfo is not None:
+        ts = ts.astimezone(timezone.utc).replace(tzinfo=None)
+    return ts
+
+
+def _ts_array(start_ms: int, days: np.ndarray) -> pa.Array:
+    ms = start_ms + np.round(days * _MS_PER_DAY).astype(np.int64)
+    return pa.array(ms, type=pa.timestamp("ms"))
+
+
+def _events_table(
+    cat: _Catalog, users: _Users, cols: dict[str, np.ndarray], start_ms: int, session_base: int
+) -> pa.Table:
+    code = cols["code"].astype(np.int8)
+    item = cols["item"].astype(np.int64)
+    deep = code >= C.EVENT_CODE["cart"]
+    qty = cols["qty"].astype(np.int32)
+    value = cat.price[item] * qty
+    names = pa.array(list(C.EVENT_TYPES), type=pa.string())
+    return pa.table(
+        {
+            C.RAW_USER: pa.array(users.user_id[cols["u"].astype(np.int64)]),
+            C.RAW_ITEM: pa.array(cat.item_id[item]),
+            C.RAW_TS: pa.array(start_ms + cols["ms"], type=pa.timestamp("ms")),
+            C.RAW_EVENT: names.take(pa.array(code)),
+            C.RAW_SESSION: pa.array(session_base + cols["sess"].astype(np.int64)),
+            C.RAW_VALUE: pa.array(value, mask=~deep),
+            C.RAW_QUANTITY: pa.array(qty, mask=~deep),
+        },
+        schema=_EVENTS_SCHEMA,
+    )
+
+
+def _fixed_list(values: np.ndarray, typ: pa.DataType) -> pa.Array:
+    return pa.FixedSizeListArray.from_arrays(pa.array(values.ravel(), type=typ), values.shape[1])
+
+
+def _users_tables(users: _Users, start_ms: int) -> tuple[pa.Table, pa.Table]:
+    segment = pa.array(list(_SEGMENTS), type=pa.string()).take(
+        pa.array(_segment(users.price_level))
+    )
+    public = pa.table(
+        {
+            C.RAW_USER: pa.array(users.user_id),
+            "segment": segment,
+            "signup_ts": _ts_array(start_ms, users.signup),
+        },
+        schema=_USERS_SCHEMA,
+    )
+    # Categories and brands are stored with their public ids (index + 1); -1 pads a slot.
+    cats = np.where(users.taste_cats >= 0, users.taste_cats + 1, -1).astype(np.int32)
+    fav = np.where(users.fav >= 0, users.fav + 1, -1).astype(np.int32)
+    truth = pa.table(
+        {
+            C.RAW_USER: pa.array(users.user_id),
+            "user_index": pa.array(users.index),
+            "active_from_day": pa.array(users.active_from),
+            "session_rate": pa.array(users.rate),
+            "price_level": pa.array(users.price_level),
+            "price_width": pa.array(users.price_width),
+            "taste_categories": _fixed_list(cats, pa.int32()),
+            "taste_weights": _fixed_list(users.taste_w, pa.float64()),
+            "favorite_brands": _fixed_list(fav, pa.int32()),
+        },
+        schema=_TRUTH_USERS_SCHEMA,
+    )
+    return public, truth
+
+
+def _catalog_tables(cat: _Catalog, start_ms: int) -> dict[str, pa.Table]:
+    public = pa.table(
+        {
+            C.RAW_ITEM: pa.array(cat.item_id),
+            "category": pa.array((cat.cat + 1).astype(np.int32)),
+            "brand": pa.array((cat.brand + 1).astype(np.int32)),
+            "price": pa.array(cat.price),
+            "release_ts": _ts_array(start_ms, cat.release),
+        }
+    )
+    order = np.argsort(cat.item_id, kind="stable")
+    acc = cat.accessory
+    truth_items = pa.table(
+        {
+            C.RAW_ITEM: pa.array(cat.item_id),
+            "item_index": pa.array(np.arange(cat.n_items, dtype=np.int64)),
+            "category": pa.array((cat.cat + 1).astype(np.int32)),
+            "brand": pa.array((cat.brand + 1).astype(np.int32)),
+            "price": pa.array(cat.price),
+            "price_z": pa.array(cat.price_z),
+            "quality": pa.array(cat.quality),
+            "base_popularity": pa.array(cat.base),
+            "release_day": pa.array(cat.release),
+            "trend_amplitude": pa.array(cat.amp),
+            "trend_onset_day": pa.array(cat.onset),
+            "trend_width_days": pa.array(cat.width),
+            "accessory_item_id": pa.array(cat.item_id[np.maximum(acc, 0)], mask=acc < 0),
+        }
+    )
+    categories = pa.table(
+        {
+            "category": pa.array(np.arange(1, cat.n_cats + 1, dtype=np.int32)),
+            "view_weight": pa.array(cat.cat_weight),
+            "price_mu": pa.array(cat.price_mu),
+            "price_sigma": pa.array(cat.price_sigma),
+            "consumable": pa.array(cat.consumable),
+            "interval_days": pa.array(cat.interval),
+            "rebuy_prob": pa.array(cat.rebuy),
+            "quantity_extra": pa.array(cat.qty_extra),
+            "complement_category": pa.array((cat.complement_cat + 1).astype(np.int32)),
+            "anchor_item_id": pa.array(cat.item_id[cat.anchor_item]),
+        }
+    )
+    return {
+        "items.parquet": public.take(pa.array(order)),
+        "truth/items.parquet": truth_items,
+        "truth/categories.parquet": categories,
+    }
+
+
+def _catalog_from_truth(truth: Path) -> _Catalog:
+    items = pl.read_parquet(truth / "items.parquet").sort("item_index")
+    cats = pl.read_parquet(truth / "categories.parquet").sort("category")
+    cat = items["category"].to_numpy().astype(np.int64) - 1
+    sizes = np.bincount(cat, minlength=cats.height)
+    item_id = items[C.RAW_ITEM].to_numpy()
+    index_of = dict(zip(item_id.tolist(), range(len(item_id)), strict=True))
+    acc_raw = items["accessory_item_id"].to_list()
+    accessory = np.array([index_of[a] if a is not None else -1 for a in acc_raw], dtype=np.int64)
+    anchor = np.array([index_of[a] for a in cats["anchor_item_id"].to_list()], dtype=np.int64)
+    return _Catalog(
+        cat=cat,
+        cat_start=np.concatenate([[0], np.cumsum(sizes)]),
+        brand=items["brand"].to_numpy().astype(np.int64) - 1,
+        price=items["price"].to_numpy(),
+        price_z=items["price_z"].to_numpy(),
+        quality=items["quality"].to_numpy(),
+        base=items["base_popularity"].to_numpy(),
+        release=items["release_day"].to_numpy(),
+        amp=items["trend_amplitude"].to_numpy(),
+        onset=items["trend_onset_day"].to_numpy(),
+        width=items["trend_width_days"].to_numpy(),
+        accessory=accessory,
+        item_id=item_id,
+        cat_weight=cats["view_weight"].to_numpy(),
+        price_mu=cats["price_mu"].to_numpy(),
+        price_sigma=cats["price_sigma"].to_numpy(),
+        consumable=cats["consumable"].to_numpy(),
+        interval=cats["interval_days"].to_numpy(),
+        rebuy=cats["rebuy_prob"].to_numpy(),
+        qty_extra=cats["quantity_extra"].to_numpy(),
+        complement_cat=cats["complement_category"].to_numpy().astype(np.int64) - 1,
+        anchor_item=anchor,
+    )
+
+
+def _write_table(table: pa.Table, path: Path) -> None:
+    pq.write_table(table, path, compression="zstd")
+
+
+def synthesize(config: SynthConfig, out: str | Path) -> SynthSummary:
+    """Generate a synthetic shop into the folder ``out`` and return what was written.
+
+    Writes ``events.parquet``, ``items.parquet``, ``users.parquet``, ``truth/`` (latent
+    parameters for :func:`oracle_scores`) and ``summary.json``. The same config gives
+    byte-identical files. Each file is written under a temporary name and renamed into place
+    at the end, so a reader never sees a half-written file under its final name.
+
+    Example:
+        >>> s = synthesize(SynthConfig(users=500, items=200, days=14), "tiny_shop")  # doctest: +SKIP
+        >>> sorted(s.per_event_type)  # doctest: +SKIP
+        ['cart', 'click', 'purchase', 'view']
+    """
+    cfg = config
+    began = time.perf_counter()
+    out = Path(out)
+    (out / "truth").mkdir(parents=True, exist_ok=True)
+    start = cfg.start_datetime
+    start_ms = int((start - datetime(1970, 1, 1)).total_seconds() * 1000)
+    cat = _make_catalog(cfg)
+
+    tag = uuid.uuid4().hex[:8]
+    temp: dict[str, Path] = {}
+
+    def tmp(name: str) -> Path:
+        final = out / name
+        temp[name] = final.with_name(f".{final.name}.{tag}.tmp")
+        return temp[name]
+
+    try:
+        w_events = pq.ParquetWriter(tmp("events.parquet"), _EVENTS_SCHEMA, compression="zstd")
+        w_users = pq.ParquetWriter(tmp("users.parquet"), _USERS_SCHEMA, compression="zstd")
+        w_truth = pq.ParquetWriter(
+            tmp("truth/users.parquet"), _TRUTH_USERS_SCHEMA, compression="zstd"
+        )
+        per_type = np.zeros(len(C.EVENT_TYPES), dtype=np.int64)
+        item_counts = np.zeros(cat.n_items, dtype=np.int64)
+        active_users = sessions = rebought = window_pairs = 0
+        window = min(30.0, cfg.days / 2.0)
+        step = cfg.chunk_users()
+        bounds = list(range(0, cfg.users, step))
+        with w_events, w_users, w_truth:
+            for chunk, lo in enumerate(bounds):
+                hi = min(lo + step, cfg.users)
+                users, cols = _generate_chunk(cfg, cat, lo, hi, chunk)
+                w_events.write_table(
+                    _events_table(cat, users, cols, start_ms, sessions + 1 + _SESSION_OFFSET)
+                )
+                public, truth = _users_tables(users, start_ms)
+                w_users.write_table(public)
+                w_truth.write_table(truth)
+                per_type += np.bincount(cols["code"], minlength=len(C.EVENT_TYPES))
+                item_counts += np.bincount(cols["item"], minlength=cat.n_items)
+                active_users += len(np.unique(cols["u"]))
+                sessions += int(cols["sess"][-1]) + 1 if len(cols["sess"]) else 0
+                buy = cols["code"] == C.EVENT_CODE["purchase"]
+                hit, total = _repurchase_counts(
+                    cols["u"][buy], cols["item"][buy], cols["t"][buy], cfg.days - window
+                )
+                rebought += hit
+                window_pairs += total
+        for name, table in _catalog_tables(cat, start_ms).items():
+            _write_table(table, tmp(name))
+        params = {
+            "format": 1,
+            "config": dataclasses.asdict(cfg),
+            "start": start.isoformat(),
+            "time_unit": "days since start",
+            "constants": {
+                "taste_slots": _TASTE_SLOTS,
+                "brand_slots": _BRAND_SLOTS,
+                "hourly_session_weights": _HOURLY.tolist(),
+            },
+        }
+        tmp("truth/params.json").write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
+
+        events = int(per_type.sum())
+        pop = popularity_stats(item_counts)
+        summary = SynthSummary(
+            events=events,
+            users=cfg.users,
+            items=cfg.items,
+            per_event_type={n: int(c) for n, c in zip(C.EVENT_TYPES, per_type, strict=True)},
+            out=out,
+            sessions=sessions,
+            active_users=active_users,
+            start=start,
+            end=start + timedelta(days=cfg.days),
+            events_per_user=events / cfg.users,
+            click_per_view=float(per_type[1] / max(per_type[0], 1)),
+            item_gini=pop["gini"],
+            top1pct_item_share=pop["top1pct_share"],
+            zipf_fit=pop["zipf_fit"],
+            repurchase_share=rebought / window_pairs if window_pairs else float("nan"),
+            repurchase_window_days=window,
+            chunks=len(bounds),
+            files={n: n for n in sorted(temp)} | {"summary": "summary.json"},
+        )
+        tmp("summary.json").write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
+        # summary.json goes last: a shop with a summary is complete.
+        for name in sorted(temp, key=lambda n: n == "summary.json"):
+            os.replace(temp[name], out / name)
+    except BaseException:
+        for path in temp.values():
+            path.unlink(missing_ok=True)
+        raise
+    return dataclasses.replace(summary, seconds=time.perf_counter() - began)
