@@ -111,7 +111,9 @@ def _version_callback(value: bool) -> None:
 def _main(
     version: Annotated[
         bool,
-        typer.Option("--version", callback=_version_callback, is_eager=True, help="Show the version."),
+        typer.Option(
+            "--version", callback=_version_callback, is_eager=True, help="Show the version."
+        ),
     ] = False,
 ) -> None:
     """Two-stage recommendation for e-commerce."""
@@ -134,8 +136,10 @@ def data_synth(
 
     t0 = time.perf_counter()
     summary = synthesize(SynthConfig(users=users, items=items, days=days, seed=seed), out)
-    _echo(f"wrote {summary.events:,} events, {summary.users:,} users, {summary.items:,} items "
-          f"to {out} in {time.perf_counter() - t0:.1f}s")
+    _echo(
+        f"wrote {summary.events:,} events, {summary.users:,} users, {summary.items:,} items "
+        f"to {out} in {time.perf_counter() - t0:.1f}s"
+    )
     total = max(summary.events, 1)
     for name, n in summary.per_event_type.items():
         _echo(f"  {name:<9} {n:>12,}  {100 * n / total:5.1f}%")
@@ -190,8 +194,10 @@ def generate(
     cfg = resolve_config(config, set_, workspace, events)
     result = pipeline.generate(cfg)
     _echo(f"run {result.run.path}")
-    _echo(f"events {result.summary.rows:,}, users {result.summary.users:,}, "
-          f"items {result.summary.items:,}")
+    _echo(
+        f"events {result.summary.rows:,}, users {result.summary.users:,}, "
+        f"items {result.summary.items:,}"
+    )
     _echo(_recall_table(result.recall))
 
 
@@ -224,8 +230,10 @@ def features(config: ConfigOpt = None, set_: SetOpt = None, workspace: Workspace
 
     result = pipeline.build_features(resolve_config(config, set_, workspace))
     _echo(f"run {result.run.path}")
-    _echo(f"{len(result.features)} features; rows: "
-          + ", ".join(f"{k} {v:,}" for k, v in result.rows.items()))
+    _echo(
+        f"{len(result.features)} features; rows: "
+        + ", ".join(f"{k} {v:,}" for k, v in result.rows.items())
+    )
 
 
 @app.command()
@@ -236,8 +244,10 @@ def train(config: ConfigOpt = None, set_: SetOpt = None, workspace: WorkspaceOpt
 
     result = pipeline.train(resolve_config(config, set_, workspace))
     _echo(f"run {result.run.path}")
-    _echo(f"best iteration {result.best_iteration}; rows train {result.train_rows:,}, "
-          f"valid {result.valid_rows:,}")
+    _echo(
+        f"best iteration {result.best_iteration}; rows train {result.train_rows:,}, "
+        f"valid {result.valid_rows:,}"
+    )
     _echo("top features by gain: " + ", ".join(result.importance["feature"].head(8).to_list()))
 
 
@@ -275,8 +285,10 @@ def recommend(
     cfg = resolve_config(config, set_, workspace)
     result = pipeline.recommend(cfg, k, users)
     path = pipeline.save_recommendations(result, out)
-    _echo(f"wrote {result.recs.height:,} rows for {result.n_users:,} users "
-          f"({result.n_cold:,} cold, served by popularity) to {path}")
+    _echo(
+        f"wrote {result.recs.height:,} rows for {result.n_users:,} users "
+        f"({result.n_cold:,} cold, served by popularity) to {path}"
+    )
 
 
 @app.command()

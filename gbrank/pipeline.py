@@ -85,8 +85,11 @@ def _load_run_data(run: Run) -> RunData:
     attrs = pl.read_parquet(attrs_path) if attrs_path.exists() else None
     folds_meta = json.loads(run.require("folds.json", "gbrank generate").read_text())
     folds = {
-        name: Fold(name, datetime.fromisoformat(f["as_of"]),
-                   datetime.fromisoformat(f["label_end"]) - datetime.fromisoformat(f["as_of"]))
+        name: Fold(
+            name,
+            datetime.fromisoformat(f["as_of"]),
+            datetime.fromisoformat(f["label_end"]) - datetime.fromisoformat(f["as_of"]),
+        )
         for name, f in folds_meta.items()
     }
     return RunData(events, users, items, attrs, folds)
@@ -173,8 +176,10 @@ def generate(cfg: Config) -> GenerateResult:
         for target in cfg.eval.targets:
             relevant = relevant_items(labels, target)
             for source in [*sources, "union"]:
-                subset = cands if source == "union" else cands.filter(
-                    pl.col(C.rank_col(source)).is_not_null()
+                subset = (
+                    cands
+                    if source == "union"
+                    else cands.filter(pl.col(C.rank_col(source)).is_not_null())
                 )
                 rows.append(
                     {
@@ -210,9 +215,7 @@ class FeaturesResult:
 def _features_for(
     cfg: Config, cands: pl.DataFrame, hist: pl.DataFrame, data: RunData, as_of: datetime
 ) -> pl.DataFrame:
-    return _build_features(
-        cands, hist, as_of, data.item_attrs, cfg.features.item_windows_days
-    )
+    return _build_features(cands, hist, as_of, data.item_attrs, cfg.features.item_windows_days)
 
 
 def build_features(cfg: Config) -> FeaturesResult:
@@ -311,7 +314,10 @@ def train(cfg: Config) -> TrainResult:
         valid_rows=valid_part.height,
     )
     return TrainResult(
-        run, ranker.best_iteration_, train_part.height, valid_part.height,
+        run,
+        ranker.best_iteration_,
+        train_part.height,
+        valid_part.height,
         ranker.feature_importance(),
     )
 
@@ -336,12 +342,16 @@ class EvalResult:
     metrics: pl.DataFrame  # model, target, metric, k, value
     users: dict[str, int]  # target -> users evaluated
 
-    def table(self, target: str, metrics: tuple[str, ...] = ("recall", "ndcg", "map", "hitrate")) -> str:
+    def table(
+        self, target: str, metrics: tuple[str, ...] = ("recall", "ndcg", "map", "hitrate")
+    ) -> str:
         return format_table(self.metrics, target, metrics)
 
 
 def format_table(
-    metrics: pl.DataFrame, target: str, names: tuple[str, ...] = ("recall", "ndcg", "map", "hitrate")
+    metrics: pl.DataFrame,
+    target: str,
+    names: tuple[str, ...] = ("recall", "ndcg", "map", "hitrate"),
 ) -> str:
     sub = metrics.filter((pl.col("target") == target) & pl.col("metric").is_in(names))
     ks = sorted(sub["k"].unique().to_list())
@@ -363,9 +373,11 @@ def evaluate(cfg: Config) -> EvalResult:
     run = open_run(cfg)
     frame = pl.read_parquet(run.require("features/eval.parquet", "gbrank features"))
     labels = pl.read_parquet(run.require("labels/eval.parquet", "gbrank generate"))
-    ranker = LightGBMRanker.load(run.file(EVAL_MODEL)) if run.file(
-        EVAL_MODEL + ".txt"
-    ).exists() else None
+    ranker = (
+        LightGBMRanker.load(run.file(EVAL_MODEL))
+        if run.file(EVAL_MODEL + ".txt").exists()
+        else None
+    )
     if ranker is None:
         raise MissingInputError(
             f"{run.file(EVAL_MODEL + '.txt')} does not exist: run `gbrank train` first"
@@ -386,7 +398,9 @@ def evaluate(cfg: Config) -> EvalResult:
     metrics = pl.DataFrame(rows)
     atomic_write_json(rows, run.file("metrics.json"))
     run.record_stage("eval", time.perf_counter() - t0, users=users)
-    run.write_manifest(cfg.hash(), cfg.run.seed, {"events": run.progress().get("generate", {}).get("inputs", "")})
+    run.write_manifest(
+        cfg.hash(), cfg.run.seed, {"events": run.progress().get("generate", {}).get("inputs", "")}
+    )
     return EvalResult(run, metrics, users)
 
 
@@ -436,8 +450,10 @@ def recommend(cfg: Config, k: int, users_file: str | Path | None = None) -> Reco
     )
     pop_list = popularity.generate(np.array([0], dtype=np.int32), k)[C.ITEM].to_list()
     parts = []
-    sources = [(s.fit(hist, n_users=len(data.users), n_items=len(data.items), as_of=fold.as_of), n)
-               for s, n in _sources(cfg)]
+    sources = [
+        (s.fit(hist, n_users=len(data.users), n_items=len(data.items), as_of=fold.as_of), n)
+        for s, n in _sources(cfg)
+    ]
     for i in range(0, len(known), cfg.candidates.batch_users):
         batch = known[i : i + cfg.candidates.batch_users]
         frames = {s.name: s.generate(batch, n) for s, n in sources}
@@ -447,8 +463,12 @@ def recommend(cfg: Config, k: int, users_file: str | Path | None = None) -> Reco
             pl.Series(C.SCORE, ranker.predict(feats), dtype=pl.Float64)
         )
         parts.append(_fill_to_k(scored, batch, pop_list, k))
-    recs = pl.concat(parts) if parts else pl.DataFrame(
-        schema={C.USER: pl.Int32, C.ITEM: pl.Int32, C.SCORE: pl.Float64, C.RANK: pl.Int32}
+    recs = (
+        pl.concat(parts)
+        if parts
+        else pl.DataFrame(
+            schema={C.USER: pl.Int32, C.ITEM: pl.Int32, C.SCORE: pl.Float64, C.RANK: pl.Int32}
+        )
     )
     out = pl.DataFrame(
         {
@@ -474,7 +494,9 @@ def recommend(cfg: Config, k: int, users_file: str | Path | None = None) -> Reco
     return RecommendResult(out, len(known) + cold_raw.len(), cold_raw.len())
 
 
-def _fill_to_k(scored: pl.DataFrame, users: np.ndarray, pop_list: list[int], k: int) -> pl.DataFrame:
+def _fill_to_k(
+    scored: pl.DataFrame, users: np.ndarray, pop_list: list[int], k: int
+) -> pl.DataFrame:
     """Top-k of the ranked candidates; users with fewer than k are topped up with popular items
     they were not already given (scored below every ranked item)."""
     floor = (scored[C.SCORE].min() or 0.0) - 1.0

@@ -36,13 +36,19 @@ def write_csv(path: Path, text: str) -> Path:
 
 def test_otto_nested_jsonl(tmp_path: Path) -> None:
     rows = [
-        {"session": 7, "events": [
-            {"aid": 5, "ts": 1661200010000, "type": "clicks"},   # row 0: click
-            {"aid": 6, "ts": 1661200020000, "type": "carts"},    # row 1: cart
-        ]},
-        {"session": 9, "events": [
-            {"aid": 5, "ts": 1661200030000, "type": "orders"},   # row 2: purchase
-        ]},
+        {
+            "session": 7,
+            "events": [
+                {"aid": 5, "ts": 1661200010000, "type": "clicks"},  # row 0: click
+                {"aid": 6, "ts": 1661200020000, "type": "carts"},  # row 1: cart
+            ],
+        },
+        {
+            "session": 9,
+            "events": [
+                {"aid": 5, "ts": 1661200030000, "type": "orders"},  # row 2: purchase
+            ],
+        },
     ]
     path = tmp_path / "train.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
@@ -61,7 +67,7 @@ def test_csv_milliseconds_and_mapping(tmp_path: Path) -> None:
     path = write_csv(
         tmp_path / "log.csv",
         "visitor,product,timestamp,kind\n"
-        f"a,x,{T0 * 1000},pv\n"          # row 0: view
+        f"a,x,{T0 * 1000},pv\n"  # row 0: view
         f"b,y,{T0 * 1000 + 5000},buy\n"  # row 1: purchase, 5 s later
         f"a,y,{T0 * 1000 + 9000},cart\n",  # row 2: cart
     )

@@ -52,7 +52,8 @@ def candidates_for(events: pl.DataFrame, seed: int = 1) -> pl.DataFrame:
         schema={C.USER: pl.Int32, C.ITEM: pl.Int32},
     ).unique()
     return pairs.with_columns(
-        pl.lit(1.0, dtype=pl.Float32).alias("pop_score"), pl.lit(1, dtype=pl.Int32).alias("pop_rank")
+        pl.lit(1.0, dtype=pl.Float32).alias("pop_score"),
+        pl.lit(1, dtype=pl.Int32).alias("pop_rank"),
     ).sort(C.USER, C.ITEM)
 
 
@@ -135,7 +136,11 @@ def test_no_leakage_from_events_at_or_after_as_of() -> None:
 
 def test_features_without_item_table_use_event_prices() -> None:
     events = random_events(4).with_columns(
-        pl.when(pl.col(C.EVENT) == 3).then(pl.lit(10.0)).otherwise(None).cast(pl.Float32).alias(C.VALUE),
+        pl.when(pl.col(C.EVENT) == 3)
+        .then(pl.lit(10.0))
+        .otherwise(None)
+        .cast(pl.Float32)
+        .alias(C.VALUE),
         pl.lit(2.0, dtype=pl.Float32).alias(C.QUANTITY),
     )
     frame = build_features(candidates_for(events), events, AS_OF, None)
@@ -147,9 +152,7 @@ def test_features_without_item_table_use_event_prices() -> None:
 
 def test_labels_match_brute_force() -> None:
     events = random_events(5)
-    window = events.filter(
-        (pl.col(C.TS) >= AS_OF) & (pl.col(C.TS) < AS_OF + timedelta(days=7))
-    )
+    window = events.filter((pl.col(C.TS) >= AS_OF) & (pl.col(C.TS) < AS_OF + timedelta(days=7)))
     labels = build_labels(window)
     deepest: dict[tuple[int, int], int] = {}
     for r in window.iter_rows(named=True):

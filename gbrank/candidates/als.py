@@ -10,7 +10,12 @@ import polars as pl
 from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
 
-from gbrank.candidates._implicit import interaction_matrix, recommend_in_batches
+from gbrank.candidates._scoring import (
+    candidates_from_parts,
+    interaction_matrix,
+    top_k_dense,
+    warm_user_batches,
+)
 from gbrank.candidates.base import EVENT_WEIGHTS, CandidateSource, require_positive
 
 
@@ -98,12 +103,15 @@ class ALSSource(CandidateSource):
         self.model_ = model
 
     def _generate(self, users: np.ndarray, k: int) -> pl.DataFrame:
+        user_factors, item_factors = self.model_.user_factors, self.model_.item_factors
+        parts = []
         with threadpool_limits(1, "blas"):
-            return recommend_in_batches(
-                self.model_,
-                self.user_items_,
-                users,
-                k,
-                filter_seen=self.filter_seen,
-                filter_items=self.cold_items_ if self.cold_items_.size else None,
-            )
+            for batch in warm_user_batches(users, self.user_items_):
+                scores = user_factors[batch] @ item_factors.T
+                if self.filter_seen:
+                    seen = self.user_items_[batch]
+                    rows = np.repeat(np.arange(batch.size), np.diff(seen.indptr))
+                    scores[rows, seen.indices] = -np.inf
+                scores[:, self.cold_items_] = -np.inf
+                parts.append(top_k_dense(batch, scores, k))
+        return candidates_from_parts(parts, k)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import polars as pl
+import scipy.sparse as sp
 
 from gbrank.columns import (
     EVENT,
@@ -47,6 +48,7 @@ CANDIDATE_SCHEMA: dict[str, pl.DataType] = {
 }
 
 _INT32_MAX = np.iinfo(np.int32).max
+_MAX_SOURCES = 64  # one bit per source in the union's pattern matrix
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9_\-]+$")
 
 
@@ -232,7 +234,8 @@ def union_candidates(frames: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
 
     Columns: ``user``, ``item``, then ``{name}_score`` (Float32) and ``{name}_rank`` (Int32) for
     each source in mapping order (null where that source did not propose the item), then
-    ``n_sources`` (Int8, how many sources proposed it). Sorted by ``user, item``.
+    ``n_sources`` (Int8, how many sources proposed it). Sorted by ``user, item``. Each frame must
+    hold one row per ``(user, item)``, as ``CandidateSource.generate`` guarantees.
 
     >>> a = pl.DataFrame({"user": [0, 0], "item": [5, 7], "score": [2.0, 1.0], "rank": [1, 2]})
     >>> b = pl.DataFrame({"user": [0], "item": [7], "score": [0.5], "rank": [1]})
@@ -249,22 +252,73 @@ def union_candidates(frames: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
     """
     if not frames:
         raise ValueError("union_candidates needs at least one candidate frame")
-    if len(frames) > np.iinfo(np.int8).max:
-        raise ValueError(f"at most {np.iinfo(np.int8).max} sources can be united")
-    names = list(frames)
-    parts = {
-        name: frame.lazy().select(
-            pl.col(USER).cast(pl.Int32),
-            pl.col(ITEM).cast(pl.Int32),
-            pl.col(SCORE).cast(pl.Float32).alias(score_col(name)),
-            pl.col(RANK).cast(pl.Int32).alias(rank_col(name)),
+    if len(frames) > _MAX_SOURCES:
+        raise ValueError(f"at most {_MAX_SOURCES} sources can be united, got {len(frames)}")
+    # Each frame becomes a sparse users x items matrix whose entries are its row numbers, in
+    # (user, item) order; the union is the sum of their patterns, each source one bit. Building
+    # a CSR is a counting sort by user plus tiny per-user sorts, which is several times faster
+    # than hash joins or a global sort of the long frame, and the result is already sorted.
+    users = {name: f[USER].cast(pl.Int32).to_numpy() for name, f in frames.items()}
+    items = {name: f[ITEM].cast(pl.Int32).to_numpy() for name, f in frames.items()}
+    sizes = [u.size for u in users.values()]
+    if not any(sizes):
+        return pl.DataFrame(schema=union_schema(list(frames)))
+    n_user_codes = max(int(u.max()) for u in users.values() if u.size) + 1
+    n_item_codes = max(int(i.max()) for i in items.values() if i.size) + 1
+    present = np.zeros(n_user_codes, dtype=bool)
+    for u in users.values():
+        present[u] = True
+    row_of_user = np.cumsum(present, dtype=np.int32) - 1  # compact rows: shards use few codes
+    shape = (int(present.sum()), n_item_codes)
+    bit_dtype = next(
+        t for t in (np.uint8, np.uint16, np.uint32, np.uint64) if np.iinfo(t).bits >= len(frames)
+    )
+
+    row_order: dict[str, np.ndarray] = {}
+    pattern = None
+    for bit, name in enumerate(frames):
+        rows = sp.csr_matrix(
+            (np.arange(users[name].size, dtype=np.int64), (row_of_user[users[name]], items[name])),
+            shape=shape,
         )
-        for name, frame in frames.items()
+        rows.sum_duplicates()  # also sorts the items of each user
+        if rows.nnz != users[name].size:
+            raise ValueError(f"candidate frame {name!r} has duplicate (user, item) rows")
+        row_order[name] = rows.data
+        source_bit = sp.csr_matrix(
+            (np.full(rows.nnz, 1 << bit, dtype=bit_dtype), rows.indices, rows.indptr), shape=shape
+        )
+        pattern = source_bit if pattern is None else pattern + source_bit
+    assert pattern is not None
+
+    bits = pattern.data
+    columns: dict[str, Any] = {
+        USER: np.repeat(np.flatnonzero(present).astype(np.int32), np.diff(pattern.indptr)),
+        ITEM: pattern.indices.astype(np.int32),
     }
-    # The distinct keys, then one left join per source: each join is a hash join on two int32
-    # columns, and the row count never exceeds the number of distinct pairs.
-    union = pl.concat([part.select(USER, ITEM) for part in parts.values()]).unique()
-    for part in parts.values():
-        union = union.join(part, on=[USER, ITEM], how="left")
-    n_sources = pl.sum_horizontal(pl.col(rank_col(n)).is_not_null() for n in names)
-    return union.with_columns(n_sources.cast(pl.Int8).alias(N_SOURCES)).sort(USER, ITEM).collect()
+    n_sources = np.zeros(bits.size, dtype=np.int8)
+    proposed: list[pl.Expr] = []
+    for bit, (name, frame) in enumerate(frames.items()):
+        has = ((bits >> bit) & 1).astype(bool)
+        n_sources += has
+        at = np.flatnonzero(has)  # union rows this source proposed, in its (user, item) order
+        for column, target, dtype in (
+            (SCORE, score_col(name), np.float32),
+            (RANK, rank_col(name), np.int32),
+        ):
+            values = np.zeros(bits.size, dtype=dtype)
+            values[at] = frame[column].to_numpy()[row_order[name]]
+            columns[target] = values
+            proposed.append(pl.when(pl.lit(pl.Series(has))).then(pl.col(target)).alias(target))
+    columns[N_SOURCES] = n_sources
+    return pl.DataFrame(columns).with_columns(proposed)
+
+
+def union_schema(names: Sequence[str]) -> dict[str, pl.DataType]:
+    """Schema of ``union_candidates`` over sources ``names``."""
+    schema: dict[str, pl.DataType] = {USER: pl.Int32(), ITEM: pl.Int32()}
+    for name in names:
+        schema[score_col(name)] = pl.Float32()
+        schema[rank_col(name)] = pl.Int32()
+    schema[N_SOURCES] = pl.Int8()
+    return schema

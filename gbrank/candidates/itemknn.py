@@ -11,7 +11,12 @@ import polars as pl
 from implicit.nearest_neighbours import BM25Recommender, CosineRecommender, TFIDFRecommender
 from implicit.utils import ParameterWarning
 
-from gbrank.candidates._implicit import interaction_matrix, recommend_in_batches
+from gbrank.candidates._scoring import (
+    candidates_from_parts,
+    interaction_matrix,
+    top_k_sparse,
+    warm_user_batches,
+)
 from gbrank.candidates.base import EVENT_WEIGHTS, CandidateSource, require_positive
 
 SIMILARITIES = ("cosine", "bm25", "tfidf")
@@ -99,8 +104,12 @@ class ItemKNNSource(CandidateSource):
         self.model_ = model
 
     def _generate(self, users: np.ndarray, k: int) -> pl.DataFrame:
-        # implicit reports filtered (seen) items as score-0 filler when a user has fewer than k
-        # neighbours, so anything not strictly positive is dropped.
-        return recommend_in_batches(
-            self.model_, self.user_items_, users, k, filter_seen=self.filter_seen, min_score=0.0
-        )
+        # Row similarity[j] holds the neighbours of item j, so one product scores a whole batch:
+        # score(u, i) = sum_j user_items[u, j] * similarity[j, i], as implicit's scorer does.
+        similarity = self.model_.similarity
+        parts = []
+        for batch in warm_user_batches(users, self.user_items_):
+            block = self.user_items_[batch]
+            exclude = block if self.filter_seen else None
+            parts.append(top_k_sparse(batch, block @ similarity, k, exclude=exclude))
+        return candidates_from_parts(parts, k)

@@ -113,14 +113,14 @@ class SynthConfig:
     # Catalogue.
     categories: int = 50
     brands: int = 300
-    zipf_exponent: float = 0.8  # base item popularity ~ rank ** -zipf_exponent
+    zipf_exponent: float = 0.7  # base item popularity ~ rank ** -zipf_exponent
     new_item_share: float = 0.25  # items released during the period
     trending_share: float = 0.15  # older items that get a rise-and-decay trend in the period
     trend_amplitude: float = 4.0  # median peak multiplier of a trend (new items: launch bump)
     price_median: float = 25.0
     # Users.
     existing_user_share: float = 0.5  # signed up before ``start``; the rest join uniformly
-    session_rate: float = 0.2  # mean browse sessions per user and active day
+    session_rate: float = 0.17  # mean browse sessions per user and active day
     activity_sigma: float = 1.3  # log-normal spread of user activity (heavy tail)
     taste_categories: float = 1.5  # mean number of core categories beyond the first
     taste_alpha: float = 0.7  # Dirichlet concentration over a user's core categories
@@ -129,15 +129,15 @@ class SynthConfig:
     views_per_session: float = 4.5  # mean, negative binomial (heavy tail of long sessions)
     session_stickiness: float = 0.75  # views that stay in the session's first category
     price_browse_floor: float = 0.3  # browse acceptance of an item far outside the price band
-    click_bias: float = -1.7
-    cart_bias: float = -3.5
-    purchase_bias: float = -3.2
-    quality_weight: float = 0.5  # logit weight of item quality in every funnel step
+    click_bias: float = -1.45
+    cart_bias: float = -3.0
+    purchase_bias: float = -2.6
+    quality_weight: float = 0.35  # logit weight of item quality in every funnel step
     price_weight: float = 0.8  # ... of the price fit to the user's band (in [-1, 1])
     brand_weight: float = 0.8  # ... of the item being one of the user's favourite brands
     taste_weight: float = 0.5  # ... of the user's taste for the item's category
     # Repurchase of consumables.
-    consumable_share: float = 0.3  # categories whose items are re-bought on a cycle
+    consumable_share: float = 0.35  # share of views in categories re-bought on a cycle
     interval_min_days: float = 7.0
     interval_max_days: float = 30.0
     interval_jitter: float = 0.25  # due = interval * U(1 - jitter, 1 + jitter)
@@ -241,7 +241,7 @@ class SynthSummary:
     repurchase_window_days: float = 30.0
     chunks: int = 0
     seconds: float = 0.0
-    files: dict[str, str] = field(default_factory=dict)
+    files: tuple[str, ...] = ()
 
     def shares(self) -> dict[str, float]:
         """Share of each event type in all events."""
@@ -249,10 +249,12 @@ class SynthSummary:
         return {name: n / total for name, n in self.per_event_type.items()}
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (timing left out so the file is reproducible)."""
+        """JSON-ready dict, as written to ``summary.json`` (without ``out`` and ``seconds``)."""
         d = dataclasses.asdict(self)
+        # Timing and location vary between identical runs; the file must not.
         d.pop("seconds")
-        d["out"] = str(self.out)
+        d.pop("out")
+        d["files"] = list(self.files)
         d["start"] = self.start.isoformat()
         d["end"] = self.end.isoformat()
         d["shares"] = {k: round(v, 6) for k, v in self.shares().items()}
@@ -368,7 +370,7 @@ def _make_catalog(cfg: SynthConfig) -> _Catalog:
     quality = brand_quality[brand] + rng.normal(0.0, 0.8, n_item)
 
     # Base popularity is Zipf over a global rank that leans on quality.
-    key = quality + rng.normal(0.0, 1.0, n_item)
+    key = quality + rng.normal(0.0, 2.0, n_item)
     rank = np.empty(n_item, dtype=np.int64)
     rank[np.argsort(-key, kind="stable")] = np.arange(n_item)
     base = (rank + 1.0) ** -cfg.zipf_exponent
@@ -389,9 +391,12 @@ def _make_catalog(cfg: SynthConfig) -> _Catalog:
     width = rng.uniform(2.0, 10.0, n_item)
 
     cat_weight = np.add.reduceat(base, cat_start[:-1])
-    consumable = rng.random(n_cat) < cfg.consumable_share
-    if cfg.consumable_share > 0 and not consumable.any():
-        consumable[int(np.argmax(cat_weight))] = True
+    # Consumable categories are drawn until they carry ``consumable_share`` of all views, so
+    # the repurchase volume does not hinge on whether a big category happened to be drawn.
+    perm = rng.permutation(n_cat)
+    before = np.concatenate([[0.0], np.cumsum(cat_weight[perm])[:-1]]) / cat_weight.sum()
+    consumable = np.zeros(n_cat, dtype=bool)
+    consumable[perm[before < cfg.consumable_share]] = cfg.consumable_share > 0
     interval = rng.uniform(cfg.interval_min_days, cfg.interval_max_days, n_cat)
     rebuy = np.clip(cfg.rebuy_prob + rng.uniform(-0.15, 0.15, n_cat), 0.0, 1.0)
     qty_extra = np.where(consumable, 0.8, 0.05)
@@ -504,7 +509,8 @@ def _slot_from_weights(w: np.ndarray, r: np.ndarray) -> np.ndarray:
     """Per row of weights ``w`` (n, s), the slot picked by each uniform in ``r`` (n, m)."""
     cw = np.cumsum(w, axis=1)
     slot = (r[:, :, None] >= cw[:, None, :]).sum(axis=2)
-    return np.minimum(slot, w.shape[1] - 1)
+    # Rounding can leave the last cumulative weight a hair below 1: never pick a pad slot.
+    return np.minimum(slot, (w > 0).sum(axis=1, keepdims=True) - 1)
 
 
 def _segment(price_level: np.ndarray) -> np.ndarray:
@@ -580,7 +586,13 @@ class _Events:
         self.parts["qty"].append(qty if qty is not None else np.zeros(n, dtype=np.int32))
 
     def concat(self) -> dict[str, np.ndarray]:
-        return {k: np.concatenate(v) if v else np.zeros(0) for k, v in self.parts.items()}
+        return {
+            k: np.concatenate(v) if v else np.zeros(0, dtype=self._DTYPES[k])
+            for k, v in self.parts.items()
+        }
+
+    _DTYPES = {"u": np.int64, "item": np.int64, "t": np.float64, "code": np.int8}
+    _DTYPES |= {"sess": np.int64, "qty": np.int32}
 
 
 def _sample_taste_cats(
@@ -648,9 +660,9 @@ def _funnel(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Views -> clicks -> carts of (u, item) at ``t_view``; records them in ``ev``.
 
-    Returns (carted mask, purchase decision mask, last event time per view). The purchase
-    itself is recorded by the caller at checkout time. ``force`` makes every step happen
-    (a planned repurchase).
+    Returns (quantity, purchase decision, time of the last event per view). The purchase
+    itself is recorded by the caller at checkout. ``force`` makes every step happen (a
+    planned repurchase: the decision was taken when the need arose).
     """
     n = len(u)
     if force:
@@ -700,12 +712,40 @@ class _Sessions:
         return ids
 
 
+class _Owned:
+    """Durable (user, item) pairs already bought: nobody buys the same durable item twice, so
+    re-buying is the consumables' business (and the history of durables is a negative cue)."""
+
+    def __init__(self, n_items: int) -> None:
+        self.n_items = n_items
+        self.keys = np.zeros(0, dtype=np.int64)
+
+    def filter(
+        self, cat: _Catalog, u: np.ndarray, item: np.ndarray, t: np.ndarray, buy: np.ndarray
+    ) -> np.ndarray:
+        """``buy`` without repeat purchases of durables (the first in time is kept)."""
+        idx = np.flatnonzero(buy & ~cat.consumable[cat.cat[item]])
+        if len(idx) == 0:
+            return buy
+        key = u[idx].astype(np.int64) * self.n_items + item[idx]
+        order = np.lexsort((t[idx], key))
+        ks = key[order]
+        first = np.ones(len(ks), dtype=bool)
+        first[1:] = ks[1:] != ks[:-1]
+        fresh = first & ~np.isin(ks, self.keys)
+        buy = buy.copy()
+        buy[idx[order[~fresh]]] = False
+        self.keys = np.union1d(self.keys, ks[fresh])
+        return buy
+
+
 def _standalone(
     cfg: SynthConfig,
     cat: _Catalog,
     users: _Users,
     ev: _Events,
     sessions: _Sessions,
+    owned: _Owned,
     u: np.ndarray,
     item: np.ndarray,
     t0: np.ndarray,
@@ -719,6 +759,7 @@ def _standalone(
     if sess is None:
         sess = sessions.new(u, t0)
     qty, buy, last = _funnel(cfg, cat, users, ev, u, item, t0, sess, rng, boost, force)
+    buy = owned.filter(cat, u, item, t0, buy)
     t_buy = last + _lognormal_days(rng, 60.0, 0.6, len(u))
     ev.add(u[buy], item[buy], t_buy[buy], 3, sess[buy], qty[buy])
     return _Purchases(u[buy], item[buy], t_buy[buy], sess[buy])
@@ -751,7 +792,7 @@ def _generate_chunk(
     p_nb = r_nb / (r_nb + cfg.views_per_session - 1.0)
     n_views = 1 + rng.negative_binomial(r_nb, p_nb, len(s_user))
     v_sess = np.repeat(np.arange(len(s_user)), n_views)
-    first = np.concatenate([[0], np.cumsum(n_views)[:-1]])
+    first = np.cumsum(n_views) - n_views
     pos = np.arange(len(v_sess)) - first[v_sess]
     v_user = s_user[v_sess]
 
@@ -768,6 +809,13 @@ def _generate_chunk(
     v_t = s_start[v_sess] + cs - cs[first][v_sess]
 
     qty, buy, last = _funnel(cfg, cat, users, ev, v_user, v_item, v_t, v_sess, rng)
+    owned = _Owned(cat.n_items)
+    buy = owned.filter(cat, v_user, v_item, v_t, buy)
+    # One checkout buys an item once, even if it was carted on two views of the session.
+    idx = np.flatnonzero(buy)
+    _, first_of = np.unique(v_sess[idx] * cat.n_items + v_item[idx], return_index=True)
+    buy[idx] = False
+    buy[idx[first_of]] = True
     # Checkout: everything decided for purchase is bought together after the last event.
     s_end = np.maximum.reduceat(last, first) if len(last) else np.zeros(0)
     checkout = s_end + _lognormal_days(rng, 90.0, 0.6, len(s_end))
@@ -802,6 +850,7 @@ def _generate_chunk(
                     users,
                     ev,
                     sessions,
+                    owned,
                     purchases.u[mask][ok],
                     acc[mask][ok],
                     t0[ok],
@@ -822,6 +871,7 @@ def _generate_chunk(
                 users,
                 ev,
                 sessions,
+                owned,
                 purchases.u[again],
                 purchases.item[again],
                 due[again],
@@ -835,6 +885,14 @@ def _generate_chunk(
     # Events are clocked in ms; anything at or after the end of the period is cut.
     cols["ms"] = np.round(cols["t"] * _MS_PER_DAY).astype(np.int64)
     keep = cols["ms"] < cfg.days * _MS_PER_DAY
+    # A durable bought in a later generation may precede, in time, the same item bought by
+    # browsing: keep only the earliest purchase of each durable (user, item).
+    rows = np.flatnonzero(keep & (cols["code"] == 3) & ~cat.consumable[cat.cat[cols["item"]]])
+    key = cols["u"][rows].astype(np.int64) * cat.n_items + cols["item"][rows]
+    order = np.lexsort((cols["t"][rows], key))
+    repeat = np.zeros(len(rows), dtype=bool)
+    repeat[1:] = key[order][1:] == key[order][:-1]
+    keep[rows[order[repeat]]] = False
     cols = {k: v[keep] for k, v in cols.items()}
     s_user = np.concatenate(sessions.user)
     s_start = np.concatenate(sessions.start)
@@ -1195,7 +1253,7 @@ def synthesize(config: SynthConfig, out: str | Path) -> SynthSummary:
             repurchase_share=rebought / window_pairs if window_pairs else float("nan"),
             repurchase_window_days=window,
             chunks=len(bounds),
-            files={n: n for n in sorted(temp)} | {"summary": "summary.json"},
+            files=tuple(sorted([*temp, "summary.json"])),
         )
         tmp("summary.json").write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
         # summary.json goes last: a shop with a summary is complete.
@@ -1206,3 +1264,225 @@ def synthesize(config: SynthConfig, out: str | Path) -> SynthSummary:
             path.unlink(missing_ok=True)
         raise
     return dataclasses.replace(summary, seconds=time.perf_counter() - began)
+
+
+# --------------------------------------------------------------------------------------------
+# Oracle.
+
+
+def _users_from_truth(frame: pl.DataFrame) -> _Users:
+    def matrix(name: str, dtype: type) -> np.ndarray:
+        return np.asarray(frame[name].to_numpy(), dtype=dtype).reshape(frame.height, -1)
+
+    cats = matrix("taste_categories", np.int64)
+    fav = matrix("favorite_brands", np.int64)
+    active_from = frame["active_from_day"].to_numpy()
+    return _Users(
+        index=frame["user_index"].to_numpy(),
+        signup=active_from,
+        active_from=active_from,
+        rate=frame["session_rate"].to_numpy(),
+        price_level=frame["price_level"].to_numpy(),
+        price_width=frame["price_width"].to_numpy(),
+        taste_cats=np.where(cats > 0, cats - 1, -1),
+        taste_w=matrix("taste_weights", np.float64),
+        fav=np.where(fav > 0, fav - 1, -1),
+    )
+
+
+def _buy_prob(
+    cfg: SynthConfig, cat: _Catalog, users: _Users, u: np.ndarray, item: np.ndarray, boost: float
+) -> np.ndarray:
+    a = _affinity(cfg, cat, users, u, item) + boost
+    return (
+        _sigmoid(cfg.click_bias + a) * _sigmoid(cfg.cart_bias + a) * _sigmoid(cfg.purchase_bias + a)
+    )
+
+
+def _pending(done_by: np.ndarray, done_by_end: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """P(a follow-up planned with probability ``p`` lands in the window | not yet happened),
+    from the follow-up delay CDF at the window's start and end."""
+    return p * (done_by_end - done_by) / np.maximum(1.0 - p * done_by, 1e-12)
+
+
+def oracle_scores(
+    shop: str | Path,
+    as_of: datetime,
+    users: Sequence[int] | None = None,
+    k: int = 20,
+    horizon_days: float = 7.0,
+) -> pl.DataFrame:
+    """Top-``k`` items per user by the true expected number of purchases in
+    ``[as_of, as_of + horizon_days)``, computed from the shop's ``truth/`` folder and the
+    purchases before ``as_of`` in ``events.parquet``.
+
+    The score sums three terms of the generative process: browsing (sessions expected in the
+    window x chance a view lands on the item x funnel conversion; durables the user owns are
+    excluded), planned repurchases of consumables (due-date distribution given the last
+    purchase and that it has not happened yet) and follow-up sessions for accessories of
+    recently bought anchors. ``users`` are raw user ids (default: every user). Returns
+    columns ``user_id``, ``item_id``, ``score``, ``rank`` (1..k), sorted by user then rank.
+
+    Example:
+        >>> top = oracle_scores("shop", datetime(2024, 2, 23), users=[3614458673], k=5)  # doctest: +SKIP
+        >>> top["rank"].to_list()  # doctest: +SKIP
+        [1, 2, 3, 4, 5]
+    """
+    shop = Path(shop)
+    truth = shop / "truth"
+    params_file = truth / "params.json"
+    if not params_file.exists():
+        raise MissingInputError(f"{params_file} not found: is {shop} a shop written by synthesize?")
+    if k < 1 or horizon_days <= 0:
+        raise ConfigError(
+            f"oracle_scores needs k >= 1 and horizon_days > 0 (got {k}, {horizon_days})"
+        )
+    params = json.loads(params_file.read_text())
+    cfg = SynthConfig(**params["config"])
+    cat = _catalog_from_truth(truth)
+    n_items = cat.n_items
+    k = min(k, n_items)
+    as_of = _naive_utc(as_of)
+    t0 = (as_of - cfg.start_datetime) / timedelta(days=1)
+    h = float(horizon_days)
+
+    table = pl.read_parquet(truth / "users.parquet")
+    if users is not None:
+        wanted = pl.DataFrame({C.RAW_USER: list(users)}, schema={C.RAW_USER: pl.Int64})
+        missing = wanted.join(table, on=C.RAW_USER, how="anti")[C.RAW_USER]
+        if len(missing):
+            raise DataError(
+                "unknown user ids",
+                file=str(truth / "users.parquet"),
+                column=C.RAW_USER,
+                values=missing.to_list(),
+                fix="pass raw user ids from users.parquet",
+            )
+        table = wanted.join(table, on=C.RAW_USER, how="left", maintain_order="left")
+    people = _users_from_truth(table)
+    n_users = table.height
+
+    # Purchases before as_of, as (row in ``table``, item index, day).
+    rows = table.select(C.RAW_USER).with_row_index("row")
+    items = pl.DataFrame({C.RAW_ITEM: cat.item_id, "item": np.arange(n_items)})
+    hist = (
+        pl.scan_parquet(shop / "events.parquet")
+        .filter((pl.col(C.RAW_EVENT) == "purchase") & (pl.col(C.RAW_TS) < as_of))
+        .select(C.RAW_USER, C.RAW_ITEM, C.RAW_TS)
+        .join(rows.lazy(), on=C.RAW_USER)
+        .join(items.lazy(), on=C.RAW_ITEM)
+        .collect()
+    )
+    h_row = hist["row"].to_numpy().astype(np.int64)
+    h_item = hist["item"].to_numpy().astype(np.int64)
+    h_t = (hist[C.RAW_TS] - cfg.start_datetime).dt.total_milliseconds().to_numpy() / _MS_PER_DAY
+
+    # Sparse terms: (row, item, expected purchases).
+    extra_r, extra_i, extra_v = [], [], []
+    # Repurchase: the last purchase of each consumable (user, item) plans the next one.
+    last = (
+        pl.DataFrame({"r": h_row, "i": h_item, "t": h_t})
+        .filter(pl.Series(cat.consumable[cat.cat[h_item]]))
+        .group_by("r", "i")
+        .agg(pl.col("t").max())
+    )
+    if last.height:
+        r, i, t = (last[c].to_numpy() for c in ("r", "i", "t"))
+        c = cat.cat[i]
+        lo = cat.interval[c] * (1.0 - cfg.interval_jitter)
+        hi = cat.interval[c] * (1.0 + cfg.interval_jitter)
+
+        def due_cdf(x: np.ndarray) -> np.ndarray:
+            return np.clip((x - lo) / np.maximum(hi - lo, 1e-12), 0.0, 1.0)
+
+        extra_r.append(r)
+        extra_i.append(i)
+        extra_v.append(_pending(due_cdf(t0 - t), due_cdf(t0 + h - t), cat.rebuy[c]))
+    # Accessories: every anchor purchase may still have its follow-up session ahead.
+    anchor = cat.accessory[h_item] >= 0
+    if anchor.any():
+        r, acc, t = h_row[anchor], cat.accessory[h_item[anchor]], h_t[anchor]
+        d = cfg.complement_delay_days
+        q = np.full(len(r), cfg.complement_next_session)
+        pend = _pending(1.0 - np.exp(-(t0 - t) / d), 1.0 - np.exp(-(t0 + h - t) / d), q)
+        pend *= cat.release[acc] < t0 + h
+        extra_r.append(r)
+        extra_i.append(acc)
+        extra_v.append(pend * _buy_prob(cfg, cat, people, r, acc, cfg.complement_boost))
+    e_r = np.concatenate(extra_r) if extra_r else np.zeros(0, dtype=np.int64)
+    e_i = np.concatenate(extra_i) if extra_i else np.zeros(0, dtype=np.int64)
+    e_v = np.concatenate(extra_v) if extra_v else np.zeros(0)
+    durable = ~cat.consumable[cat.cat[h_item]]
+    own_r, own_i = h_row[durable], h_item[durable]
+
+    # Browsing: popularity averaged over the window, then the view distribution of a user.
+    steps = max(4, math.ceil(h * 4))
+    everything = np.arange(n_items)
+    pop = np.zeros(n_items)
+    for s in range(steps):
+        pop += _popularity(cat, everything, np.full(n_items, t0 + (s + 0.5) / steps * h))
+    pop /= steps
+    tie = 1e-12 * pop / max(pop.sum(), 1e-300)  # orders items nobody is expected to buy
+    g = cat.cat_weight / cat.cat_weight.sum()
+    floor = cfg.price_browse_floor
+
+    e_order = np.argsort(e_r, kind="stable")
+    e_r, e_i, e_v = e_r[e_order], e_i[e_order], e_v[e_order]
+    o_order = np.argsort(own_r, kind="stable")
+    own_r, own_i = own_r[o_order], own_i[o_order]
+
+    step = max(1, 2_000_000 // n_items)
+    out_items, out_scores = [], []
+    for lo_row in range(0, n_users, step):
+        hi_row = min(lo_row + step, n_users)
+        sl = slice(lo_row, hi_row)
+        m = hi_row - lo_row
+        fit = _price_fit(
+            cat.price_z[None, :], people.price_level[sl, None], people.price_width[sl, None]
+        )
+        weight = pop[None, :] * (floor + (1.0 - floor) * fit)
+        z = np.add.reduceat(weight, cat.cat_start[:-1], axis=1)
+        taste = np.tile(cfg.explore_share * g, (m, 1))
+        slots = people.taste_cats[sl]
+        ok = slots >= 0
+        rr = np.repeat(np.arange(m)[:, None], slots.shape[1], axis=1)
+        np.add.at(taste, (rr[ok], slots[ok]), (1.0 - cfg.explore_share) * people.taste_w[sl][ok])
+        fav = np.zeros((m, cat.brand.max() + 2))
+        fslots = people.fav[sl]
+        fr = np.repeat(np.arange(m)[:, None], fslots.shape[1], axis=1)
+        fav[fr[fslots >= 0], fslots[fslots >= 0]] = 1.0
+        t_item = taste[:, cat.cat]
+        a = _logit(cfg, cat.quality[None, :], fit, fav[:, cat.brand], t_item, cat.n_cats)
+        buy = (
+            _sigmoid(cfg.click_bias + a)
+            * _sigmoid(cfg.cart_bias + a)
+            * _sigmoid(cfg.purchase_bias + a)
+        )
+        active = np.maximum(t0 + h - np.maximum(t0, people.active_from[sl]), 0.0)
+        views = people.rate[sl] * active * cfg.views_per_session
+        share = t_item * weight / np.maximum(z[:, cat.cat], 1e-300)
+        score = views[:, None] * share * buy
+
+        a0, a1 = np.searchsorted(e_r, [lo_row, hi_row])
+        np.add.at(score, (e_r[a0:a1] - lo_row, e_i[a0:a1]), e_v[a0:a1])
+        b0, b1 = np.searchsorted(own_r, [lo_row, hi_row])
+        score[own_r[b0:b1] - lo_row, own_i[b0:b1]] = 0.0
+
+        key = score + tie[None, :]
+        top = np.argpartition(-key, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(key, top, axis=1), axis=1, kind="stable")
+        top = np.take_along_axis(top, order, axis=1)
+        out_items.append(top)
+        out_scores.append(np.take_along_axis(score, top, axis=1))
+
+    top_items = np.concatenate(out_items) if out_items else np.zeros((0, k), dtype=np.int64)
+    top_scores = np.concatenate(out_scores) if out_scores else np.zeros((0, k))
+    return pl.DataFrame(
+        {
+            C.RAW_USER: np.repeat(table[C.RAW_USER].to_numpy(), k),
+            C.RAW_ITEM: cat.item_id[top_items.ravel()],
+            C.SCORE: top_scores.ravel(),
+            C.RANK: np.tile(np.arange(1, k + 1, dtype=np.int32), n_users),
+        },
+        schema={C.RAW_USER: pl.Int64, C.RAW_ITEM: pl.Int64, C.SCORE: pl.Float64, C.RANK: pl.Int32},
+    )

@@ -66,9 +66,7 @@ def item_prices(history: pl.LazyFrame, items: pl.DataFrame | None, as_of: dateti
     )
 
 
-def user_features(
-    history: pl.LazyFrame, as_of: datetime, prices: pl.LazyFrame
-) -> pl.LazyFrame:
+def user_features(history: pl.LazyFrame, as_of: datetime, prices: pl.LazyFrame) -> pl.LazyFrame:
     past = _past(history, as_of)
     activity = past.group_by(C.USER).agg(
         *_per_type_counts("u_"),
@@ -91,9 +89,7 @@ def item_features(
     past = _past(history, as_of)
     # One pass over each item's rows: every window is a masked sum.
     windowed = [
-        (
-            (pl.col(C.EVENT) == code) & (pl.col(C.TS) >= as_of - timedelta(days=w))
-        )
+        ((pl.col(C.EVENT) == code) & (pl.col(C.TS) >= as_of - timedelta(days=w)))
         .sum()
         .cast(pl.Int32)
         .alias(f"i_n_{name}_{w}d")
@@ -112,9 +108,7 @@ def item_features(
     )
 
 
-def user_item_features(
-    history: pl.LazyFrame, as_of: datetime, pairs: pl.LazyFrame
-) -> pl.LazyFrame:
+def user_item_features(history: pl.LazyFrame, as_of: datetime, pairs: pl.LazyFrame) -> pl.LazyFrame:
     past = _past(history, as_of).join(pairs, on=list(KEYS), how="semi")
     purchase = pl.col(C.EVENT) == C.EVENT_CODE["purchase"]
     return past.group_by(*KEYS).agg(
@@ -135,9 +129,10 @@ def user_category_features(
     )
     per_cat = past.group_by(C.USER, "category").agg(
         pl.len().alias("_n"),
-        (pl.col(C.EVENT) == C.EVENT_CODE["purchase"]).sum().cast(pl.Int32).alias(
-            "x_cat_n_purchase"
-        ),
+        (pl.col(C.EVENT) == C.EVENT_CODE["purchase"])
+        .sum()
+        .cast(pl.Int32)
+        .alias("x_cat_n_purchase"),
     )
     return per_cat.with_columns(
         (pl.col("_n") / pl.col("_n").sum().over(C.USER)).cast(pl.Float32).alias("x_cat_share")
@@ -162,9 +157,7 @@ def build_features(
     frame = (
         cands.join(user_features(hist, as_of, prices), on=C.USER, how="left")
         .join(item_features(hist, as_of, windows_days), on=C.ITEM, how="left")
-        .join(
-            user_item_features(hist, as_of, cands.select(*KEYS)), on=list(KEYS), how="left"
-        )
+        .join(user_item_features(hist, as_of, cands.select(*KEYS)), on=list(KEYS), how="left")
         .join(prices, on=C.ITEM, how="left")
         .rename({"price": "i_price"})
         .with_columns(

@@ -22,18 +22,15 @@ from gbrank import columns as C
 def build_labels(label_events: pl.DataFrame, targets: tuple[str, ...] = C.TARGETS) -> pl.DataFrame:
     """One row per (user, item) that had any event in the window: grade and binary labels."""
     deepest = label_events.group_by(C.USER, C.ITEM).agg(pl.col(C.EVENT).max().alias("_deepest"))
-    return (
-        deepest.select(
-            C.USER,
-            C.ITEM,
-            (pl.col("_deepest").cast(pl.Int8) + 1).alias(C.GRADE),
-            *[
-                (pl.col("_deepest") >= C.EVENT_CODE[t]).cast(pl.Int8).alias(C.label_col(t))
-                for t in targets
-            ],
-        )
-        .sort(C.USER, C.ITEM)
-    )
+    return deepest.select(
+        C.USER,
+        C.ITEM,
+        (pl.col("_deepest").cast(pl.Int8) + 1).alias(C.GRADE),
+        *[
+            (pl.col("_deepest") >= C.EVENT_CODE[t]).cast(pl.Int8).alias(C.label_col(t))
+            for t in targets
+        ],
+    ).sort(C.USER, C.ITEM)
 
 
 def relevant_items(labels: pl.DataFrame, target: str) -> pl.DataFrame:

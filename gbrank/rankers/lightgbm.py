@@ -151,9 +151,7 @@ class LightGBMRanker:
     def feature_importance(self) -> pl.DataFrame:
         self._check_fitted()
         gain = self.booster_.feature_importance("gain", iteration=self.best_iteration_)
-        return pl.DataFrame({"feature": self.features_, "gain": gain}).sort(
-            "gain", descending=True
-        )
+        return pl.DataFrame({"feature": self.features_, "gain": gain}).sort("gain", descending=True)
 
     def sidecar(self) -> dict[str, Any]:
         self._check_fitted()
@@ -193,8 +191,17 @@ class LightGBMRanker:
             k: v
             for k, v in meta["params"].items()
             if k
-            not in ("objective", "seed", "deterministic", "force_row_wise", "num_threads",
-                    "verbosity", "metric", "eval_at", "label_gain")
+            not in (
+                "objective",
+                "seed",
+                "deterministic",
+                "force_row_wise",
+                "num_threads",
+                "verbosity",
+                "metric",
+                "eval_at",
+                "label_gain",
+            )
         }
         ranker = cls(
             objective=meta["objective"],
