@@ -490,7 +490,13 @@ def recommend(cfg: Config, k: int, users_file: str | Path | None = None) -> Reco
             ),
             how="cross",
         )
-        out = pl.concat([out, cold.cast(out.schema)])  # type: ignore[arg-type]
+        try:
+            cold = cold.cast(out.schema, strict=True)  # type: ignore[arg-type]
+        except pl.exceptions.InvalidOperationError:
+            # Unknown ids that do not parse as the vocabulary's type: write every id as text.
+            out = out.with_columns(pl.col(C.RAW_USER).cast(pl.String))
+            cold = cold.cast(out.schema)  # type: ignore[arg-type]
+        out = pl.concat([out, cold])
     return RecommendResult(out, len(known) + cold_raw.len(), cold_raw.len())
 
 
@@ -499,7 +505,7 @@ def _fill_to_k(
 ) -> pl.DataFrame:
     """Top-k of the ranked candidates; users with fewer than k are topped up with popular items
     they were not already given (scored below every ranked item)."""
-    floor = (scored[C.SCORE].min() or 0.0) - 1.0
+    floor = float(scored[C.SCORE].min() or 0.0) - 1.0  # type: ignore[arg-type]
     pop = pl.DataFrame(
         {
             C.ITEM: pl.Series(pop_list, dtype=pl.Int32),

@@ -11,6 +11,7 @@ from functools import cache
 import numpy as np
 import polars as pl
 import pytest
+import scipy.sparse as sp
 from polars.testing import assert_frame_equal
 
 from gbrank.candidates import (
@@ -24,6 +25,8 @@ from gbrank.candidates import (
     build_source,
     union_candidates,
 )
+from gbrank.candidates._scoring import top_k_dense, top_k_sparse
+from gbrank.candidates.base import rank_candidates
 from gbrank.columns import EVENT, EVENT_CODE, ITEM, N_SOURCES, RANK, SCORE, TS, USER
 from gbrank.errors import ConfigError, DataError, NotFittedError
 
@@ -255,14 +258,91 @@ class TestKnownAnswers:
         assert items_of(out, 4)[:2] == [3, 0]
 
     def test_als_stays_within_the_block(self) -> None:
-        # Block-diagonal users x items: users 0-4 use items 0-4, users 5-9 items 5-9; user u
-        # skips item u. The only unseen in-block item is the user's own code.
-        rows = [
-            (u, i, 1, CLICK) for u in range(10) for i in range(10) if (u < 5) == (i < 5) and i != u
-        ]
-        data = Dataset(make_history(rows), n_users=10, n_items=10, k=3)
-        out = fit(ALSSource(factors=4, iterations=15, seed=3), data).generate(range(10), k=3)
-        assert out.filter(pl.col(RANK) == 1)[ITEM].to_list() == list(range(10))
+        # Two blocks: users 0-19 use items 0-9, users 20-39 items 10-19; each user has 5 of
+        # its block's 10 items. Two factors can only tell the blocks apart, so the 5 proposals
+        # of every user are exactly the 5 unseen items of its own block.
+        rows = [(u, 10 * (u // 20) + (u + j) % 10, 1, CLICK) for u in range(40) for j in range(5)]
+        data = Dataset(make_history(rows), n_users=40, n_items=20, k=5)
+        out = fit(ALSSource(factors=2, seed=1), data).generate(range(40), k=5)
+        assert out.height == 40 * 5
+        assert (out[ITEM] // 10 == out[USER] // 20).all()
+
+    @pytest.mark.parametrize(
+        "make",
+        [
+            lambda: ALSSource(factors=8, iterations=5),
+            lambda: ALSSource(factors=8, iterations=5, filter_seen=False),
+            lambda: ItemKNNSource(similarity="cosine"),
+            lambda: ItemKNNSource(similarity="bm25", filter_seen=False),
+            lambda: ItemKNNSource(similarity="tfidf"),
+        ],
+        ids=["als", "als_keep_seen", "itemknn_cosine", "itemknn_bm25_keep_seen", "itemknn_tfidf"],
+    )
+    def test_scores_match_implicits_recommend(self, make: Callable[[], CandidateSource]) -> None:
+        # Guards the batched scoring (matrix orientation, seen and cold-item filtering) that
+        # replaces implicit's per-user recommend loop.
+        source, data = fit(make(), medium()), medium()
+        users = np.array(sorted(data.warm_users))  # implicit also answers for cold users
+        ours = source.generate(users, data.k)
+        filter_items = getattr(source, "cold_items_", None)
+        ids, scores = source.model_.recommend(  # type: ignore[attr-defined]
+            users,
+            source.user_items_[users],  # type: ignore[attr-defined]
+            N=data.k,
+            filter_already_liked_items=source.filter_seen,  # type: ignore[attr-defined]
+            filter_items=filter_items if filter_items is not None and filter_items.size else None,
+        )
+        floor = 0.0 if isinstance(source, ItemKNNSource) else float(np.finfo(np.float32).min)
+        theirs = {
+            (int(u), int(i)): float(s)
+            for u, row_ids, row_scores in zip(users, ids, scores, strict=True)
+            for i, s in zip(row_ids, row_scores, strict=True)
+            if i >= 0 and s > floor
+        }
+        mine = {(u, i): s for u, i, s in ours.select(USER, ITEM, SCORE).iter_rows()}
+        assert mine.keys() == theirs.keys()
+        assert [mine[key] for key in theirs] == pytest.approx(list(theirs.values()), rel=1e-5)
+
+
+def brute_top_k(batch: np.ndarray, dense: np.ndarray, k: int, floor: float) -> list[tuple]:
+    """Best k entries above ``floor`` per row, ties by item code, by sorting in Python."""
+    out = []
+    for row, user in enumerate(batch.tolist()):
+        kept = sorted((-v, item) for item, v in enumerate(dense[row].tolist()) if v > floor)
+        out += [(user, item, -neg) for neg, item in kept[:k]]
+    return sorted(out)
+
+
+class TestTopK:
+    """The vectorised per-row top-k used by ALS and item-kNN, against a Python sort."""
+
+    @pytest.mark.parametrize("seed", range(5))
+    def test_dense_with_ties_and_exclusions(self, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        for _ in range(40):
+            n_rows, n_items, k = rng.integers(1, 12), rng.integers(1, 25), int(rng.integers(1, 30))
+            scores = rng.integers(0, 4, (n_rows, n_items)).astype(np.float32)  # many ties
+            scores[rng.random(scores.shape) < 0.3] = -np.inf  # seen or cold items
+            batch = np.arange(n_rows) * 3 + 7
+            expected = brute_top_k(batch, scores, k, floor=-np.inf)
+            users, items, values = top_k_dense(batch, scores.copy(), k)
+            got = sorted(zip(users.tolist(), items.tolist(), values.tolist(), strict=True))
+            assert got == expected
+
+    @pytest.mark.parametrize("seed", range(5))
+    def test_sparse_with_ties_and_exclusions(self, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        for _ in range(40):
+            n_rows, n_items, k = rng.integers(1, 12), rng.integers(1, 25), int(rng.integers(1, 30))
+            dense = rng.integers(-1, 4, (n_rows, n_items)).astype(np.float64) / 2
+            dense[rng.random(dense.shape) < 0.4] = 0.0
+            seen = (rng.random(dense.shape) < 0.2).astype(np.float32)
+            batch = np.arange(n_rows) * 3 + 7
+            expected = brute_top_k(batch, np.where(seen > 0, 0.0, dense), k, floor=0.0)
+            scores = sp.csr_matrix(dense)
+            users, items, values = top_k_sparse(batch, scores, k, exclude=sp.csr_matrix(seen))
+            got = sorted(zip(users.tolist(), items.tolist(), values.tolist(), strict=True))
+            assert got == expected
 
 
 class TestFitInputs:
@@ -337,6 +417,37 @@ class TestUnion:
         union = union_candidates(frames)
         assert_frame_equal(union, brute_force_union(frames))
         assert (union[N_SOURCES] >= 2).any()  # the sources do overlap
+
+    def test_many_sources_and_empty_frames(self) -> None:
+        # Ten sources (more than eight bits of membership) on random lists, two of them empty.
+        rng = np.random.default_rng(5)
+        frames = {}
+        for s in range(10):
+            n = 0 if s in (3, 7) else 200
+            frame = pl.DataFrame(
+                {
+                    USER: rng.integers(0, 30, n).astype(np.int32),
+                    ITEM: rng.integers(0, 40, n).astype(np.int32),
+                    SCORE: rng.random(n).astype(np.float32),
+                }
+            )
+            frames[f"s{s}"] = rank_candidates(frame.unique([USER, ITEM]), None).sample(
+                fraction=1.0,
+                shuffle=True,
+                seed=s,  # the union must not rely on row order
+            )
+        assert_frame_equal(union_candidates(frames), brute_force_union(frames))
+
+    def test_all_empty(self) -> None:
+        empty = pl.DataFrame(schema=CANDIDATE_SCHEMA)
+        union = union_candidates({"a": empty, "b": empty})
+        assert union.height == 0
+        assert union.columns == [USER, ITEM, "a_score", "a_rank", "b_score", "b_rank", N_SOURCES]
+
+    def test_duplicate_pairs_are_rejected(self) -> None:
+        frame = pl.DataFrame({USER: [0, 0], ITEM: [1, 1], SCORE: [1.0, 0.5], RANK: [1, 2]})
+        with pytest.raises(ValueError, match="'dup' has duplicate"):
+            union_candidates({"ok": frame.head(1), "dup": frame})
 
     def test_empty_mapping(self) -> None:
         with pytest.raises(ValueError, match="at least one"):

@@ -54,11 +54,31 @@ def top_k_dense(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The best ``k`` finite entries of each row of a dense ``len(batch) x items`` block.
 
-    Excluded items are expected as ``-inf``. Returns flat ``(user, item, score)`` arrays.
+    Excluded items are expected as ``-inf``; equal scores go to the smaller item code. Returns
+    flat ``(user, item, score)`` arrays.
     """
-    n = min(k, scores.shape[1])
-    items = np.argpartition(scores, scores.shape[1] - n, axis=1)[:, -n:]
+    n_rows, n_items = scores.shape
+    n = min(k, n_items)
+    items = np.argpartition(scores, n_items - n, axis=1)[:, -n:]
     best = np.take_along_axis(scores, items, axis=1)
+    # argpartition picks any of the items that tie with the n-th best score. Rows where such a
+    # tie crosses the cut are picked again: every item above the cut, then the tied ones by code.
+    cut = best.min(axis=1, keepdims=True)
+    crossing = (scores == cut).sum(axis=1) > (best == cut).sum(axis=1)
+    crossing &= np.isfinite(cut[:, 0])
+    if crossing.any():
+        rows = np.flatnonzero(crossing)
+        block, block_cut = scores[rows], cut[rows]
+        above_row, above_item = np.nonzero(block > block_cut)
+        tie_row, tie_item = np.nonzero(block == block_cut)  # row-major: items ascending
+        room = n - np.bincount(above_row, minlength=rows.size)
+        first_tie = np.searchsorted(tie_row, tie_row)
+        fill = np.arange(tie_row.size) - first_tie < room[tie_row]
+        picked_row = np.concatenate([above_row, tie_row[fill]])
+        picked_item = np.concatenate([above_item, tie_item[fill]])
+        order = np.argsort(picked_row, kind="stable")
+        items[rows] = picked_item[order].reshape(rows.size, n)
+        best[rows] = np.take_along_axis(block, items[rows], axis=1)
     keep = np.isfinite(best)
     return np.repeat(batch, n)[keep.ravel()], items[keep], best[keep]
 
@@ -68,19 +88,26 @@ def top_k_sparse(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The best ``k`` positive entries of each row of a sparse ``len(batch) x items`` block.
 
-    Entries stored in ``exclude`` (same shape) are dropped. Returns flat ``(user, item, score)``.
+    Entries stored in ``exclude`` (same shape) are dropped. Scores are compared as float32, the
+    precision of the output, and equal scores go to the smaller item code. Returns flat
+    ``(user, item, score)`` arrays.
     """
+    scores.sort_indices()
     rows = np.repeat(np.arange(batch.size), np.diff(scores.indptr))
-    items, values = scores.indices, scores.data
+    items, values = scores.indices, scores.data.astype(np.float32)
     keep = values > 0
-    if exclude is not None:
+    if exclude is not None and rows.size:
         keep &= np.asarray(exclude[rows, items]).ravel() == 0
     rows, items, values = rows[keep], items[keep], values[keep]
-    # Sort by row, then best score, then item code; the position within the row is the rank.
-    order = np.lexsort((items, -values, rows))
+    # One stable sort on a packed key (row, then descending score) instead of a lexsort: the
+    # bits of a positive float32 order like the float, and inverting them reverses the order.
+    # Items are ascending within a row, so the stable sort leaves equal scores by item code.
+    descending = np.invert(values.view(np.uint32)).astype(np.uint64)
+    order = np.argsort((rows.astype(np.uint64) << np.uint64(32)) | descending, kind="stable")
     rows, items, values = rows[order], items[order], values[order]
-    row_start = np.searchsorted(rows, rows, side="left")
-    top = np.arange(rows.size) - row_start < k
+    per_row = np.bincount(rows, minlength=batch.size)
+    position = np.arange(rows.size) - np.repeat(np.cumsum(per_row) - per_row, per_row)
+    top = position < k
     return batch[rows[top]], items[top], values[top]
 
 

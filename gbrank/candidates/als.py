@@ -24,9 +24,11 @@ class ALSSource(CandidateSource):
 
     The model is fitted on the users x items confidence matrix ``alpha * sum(weight(event))``.
     Users without history get no rows, and items without history are never proposed (their
-    factors carry no signal). BLAS is pinned to one thread while fitting and recommending, as
-    implicit advises; its own solver threads (``num_threads``) solve each user or item
-    independently, so the result for a given ``seed`` does not depend on the thread count.
+    factors carry no signal). Candidates are scored here, one matrix product and one vectorised
+    top-k per batch of users, rather than by implicit's ``recommend``, whose seen-item filter
+    loops over users in Python. BLAS is pinned to one thread while fitting and scoring, as
+    implicit advises; its solver threads (``num_threads``) solve each user or item on its own,
+    so the result for a given ``seed`` does not depend on the thread count.
 
     Parameters:
         factors: number of latent factors.

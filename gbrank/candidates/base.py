@@ -105,7 +105,7 @@ class CandidateSource(ABC):
             and len(weights) == len(EVENT_TYPES)
             and all(_is_number(w) and math.isfinite(w) and w > 0 for w in weights),
             f"event_weights must be {len(EVENT_TYPES)} positive numbers (one per event type "
-            f"{', '.join(EVENT_TYPES)}), got {list(weights)!r}",
+            f"{', '.join(EVENT_TYPES)}), got {weights!r}",
         )
         if hasattr(self, "filter_seen"):
             _require(isinstance(self.filter_seen, bool), "filter_seen must be true or false")
@@ -263,6 +263,8 @@ def union_candidates(frames: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
     sizes = [u.size for u in users.values()]
     if not any(sizes):
         return pl.DataFrame(schema=union_schema(list(frames)))
+    if any(codes.size and codes.min() < 0 for codes in (*users.values(), *items.values())):
+        raise ValueError("candidate frames must hold non-negative user and item codes")
     n_user_codes = max(int(u.max()) for u in users.values() if u.size) + 1
     n_item_codes = max(int(i.max()) for i in items.values() if i.size) + 1
     present = np.zeros(n_user_codes, dtype=bool)

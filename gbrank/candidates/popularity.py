@@ -78,8 +78,12 @@ class PopularitySource(CandidateSource):
             .with_columns(pl.col(_POS).cast(pl.Int32))
         )
         if self.filter_seen:
-            self.seen_ = history.select(pl.col(USER).cast(pl.Int32), pl.col(ITEM).cast(pl.Int32))
-            self.seen_ = self.seen_.unique()
+            # Only seen items that are in the ranking can displace a candidate.
+            self.seen_ = (
+                history.select(pl.col(USER).cast(pl.Int32), pl.col(ITEM).cast(pl.Int32))
+                .join(self.ranking_.select(ITEM), on=ITEM, how="semi")
+                .unique()
+            )
             self.seen_counts_ = self.seen_.group_by(USER).agg(
                 pl.len().cast(pl.Int32).alias(_N_SEEN)
             )

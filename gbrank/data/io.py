@@ -348,7 +348,7 @@ def _parse_ts(frame: pl.DataFrame, cfg: DataConfig, checks: _Checks) -> pl.Serie
         else:
             checks.add(
                 f"cannot tell whether the integer timestamps are seconds or milliseconds "
-                f"(range {lo} .. {hi})",
+                f"(range {lo!s} .. {hi!s})",
                 raw_name,
                 values=[lo, hi],
                 fix="set data.ts_unit = 's' or 'ms' (or 'datetime' for datetime columns)",

@@ -97,7 +97,7 @@ def label_window(events: pl.DataFrame, fold: Fold) -> pl.DataFrame:
 def check_fold(events: pl.DataFrame, fold: Fold) -> None:
     """Raise a DataError when the fold's history or label window is empty."""
     start, last = events[C.TS].min(), events[C.TS].max()
-    span = f"the events span {start} .. {last}"
+    span = f"the events span {start!s} .. {last!s}"
     if history(events, fold).is_empty():
         raise DataError(
             f"fold '{fold.name}' (as_of {fold.as_of}) has no history before as_of; {span}",

@@ -9,6 +9,7 @@ repurchase cycles (history), complements (co-visitation), and price/brand/qualit
 only a ranker combining user and item features can use.
 
 Example:
+    >>> from datetime import timedelta
     >>> from gbrank.data.synth import SynthConfig, synthesize, oracle_scores
     >>> summary = synthesize(SynthConfig(users=2_000, items=500, days=30), "shop")  # doctest: +SKIP
     >>> summary.per_event_type["purchase"] > 0  # doctest: +SKIP
@@ -186,6 +187,11 @@ class SynthConfig:
         for name in ("session_rate", "price_median", "complement_delay_days", "taste_alpha"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be > 0")
+        for name in ("seed", "zipf_exponent", "trend_amplitude", "activity_sigma"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0")
+        if self.taste_categories < 0:
+            problems.append("taste_categories must be >= 0")
         try:
             datetime.fromisoformat(self.start)
         except ValueError:
@@ -963,7 +969,7 @@ def repurchase_share(
     Among distinct (user, item) purchases in ``[end - window_days, end)`` by users who had
     purchased before that window, the share whose item the same user bought before the
     window (UCI Online Retail: 42.6% over 30 days). ``end`` defaults to midnight after the
-    last event. NaN when no returning customer bought anything in the window.
+    last purchase. NaN when no returning customer bought anything in the window.
 
     Example:
         >>> ev = pl.DataFrame({"user_id": [1, 1, 1], "item_id": [5, 5, 6],
@@ -987,9 +993,9 @@ def repurchase_share(
     w0 = end - timedelta(days=window_days)
     u = buys[C.RAW_USER].rank("dense").to_numpy().astype(np.int64)
     i = buys[C.RAW_ITEM].rank("dense").to_numpy().astype(np.int64)
-    before = (buys[C.RAW_TS] < w0).to_numpy()
+    t = (buys[C.RAW_TS] - w0).dt.total_milliseconds().to_numpy() / _MS_PER_DAY
     inside = (buys[C.RAW_TS] < end).to_numpy()
-    hit, total = _repurchase_counts(u[inside], i[inside], np.where(before, 0.0, 1.0)[inside], 0.5)
+    hit, total = _repurchase_counts(u[inside], i[inside], t[inside], 0.0)
     return hit / total if total else float("nan")
 
 
@@ -1177,6 +1183,8 @@ def synthesize(config: SynthConfig, out: str | Path) -> SynthSummary:
     start = cfg.start_datetime
     start_ms = int((start - datetime(1970, 1, 1)).total_seconds() * 1000)
     cat = _make_catalog(cfg)
+    # The summary marks a complete shop: drop a previous one before replacing any file.
+    (out / "summary.json").unlink(missing_ok=True)
 
     tag = uuid.uuid4().hex[:8]
     temp: dict[str, Path] = {}
@@ -1324,7 +1332,8 @@ def oracle_scores(
     columns ``user_id``, ``item_id``, ``score``, ``rank`` (1..k), sorted by user then rank.
 
     Example:
-        >>> top = oracle_scores("shop", datetime(2024, 2, 23), users=[3614458673], k=5)  # doctest: +SKIP
+        >>> some = pl.read_parquet("shop/users.parquet")["user_id"].head(1)  # doctest: +SKIP
+        >>> top = oracle_scores("shop", datetime(2024, 2, 23), users=some, k=5)  # doctest: +SKIP
         >>> top["rank"].to_list()  # doctest: +SKIP
         [1, 2, 3, 4, 5]
     """

@@ -118,7 +118,7 @@ class LightGBMRanker:
         self.features_ = list(features)
         self.label_ = label
         dtrain = self._dataset(train, label)
-        callbacks = []
+        callbacks: list[Any] = []
         valid_sets = []
         if valid is not None and not valid.is_empty() and self.early_stopping_rounds > 0:
             valid_sets = [self._dataset(valid, label, reference=dtrain)]
@@ -144,9 +144,10 @@ class LightGBMRanker:
         self._check_fitted()
         if frame.is_empty():
             return np.zeros(0, dtype=np.float64)
-        return self.booster_.predict(
+        scores = self.booster_.predict(
             _matrix(frame, self.features_), num_iteration=self.best_iteration_
         )
+        return np.asarray(scores, dtype=np.float64)
 
     def feature_importance(self) -> pl.DataFrame:
         self._check_fitted()
