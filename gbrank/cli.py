@@ -297,9 +297,9 @@ def quickstart(
     workspace: Annotated[
         Path, typer.Option("--workspace", "-w", help="Folder for the shop and the run.")
     ] = Path("gbrank-quickstart"),
-    users: Annotated[int, typer.Option(help="Users in the synthetic shop.")] = 4_000,
-    items: Annotated[int, typer.Option(help="Items in the synthetic shop.")] = 1_500,
-    days: Annotated[int, typer.Option(help="Days of activity.")] = 42,
+    users: Annotated[int, typer.Option(help="Users in the synthetic shop.")] = 10_000,
+    items: Annotated[int, typer.Option(help="Items in the synthetic shop.")] = 3_000,
+    days: Annotated[int, typer.Option(help="Days of activity.")] = 56,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Generate a small synthetic shop and run every stage on it, then print the metrics."""

@@ -38,9 +38,9 @@ def quickstart_config(workspace: Path, seed: int) -> str:
 def run_quickstart(
     workspace: str | Path,
     *,
-    users: int = 4_000,
-    items: int = 1_500,
-    days: int = 42,
+    users: int = 10_000,
+    items: int = 3_000,
+    days: int = 56,
     seed: int = 0,
     echo: Callable[[str], None] = print,
 ) -> QuickstartResult:
