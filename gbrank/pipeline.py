@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from gbrank import columns as C
 from gbrank.candidates import build_source, union_candidates
 from gbrank.candidates.base import CandidateSource
 from gbrank.config import Config, dump_toml
-from gbrank.data.io import Summary, load_events, load_table
+from gbrank.data.io import Summary, load_events, load_table, resolve_paths
 from gbrank.data.split import (
     Fold,
     check_fold,
@@ -59,9 +60,28 @@ EVAL_MODEL = "models/ranker_eval"  # fitted on the train fold, scored on the eva
 SERVE_MODEL = "models/ranker_serve"  # fitted on the eval fold, used by recommend
 
 
+def input_fingerprint(cfg: Config) -> str:
+    """Names, sizes and modification times of the input files (cheap: no file is read)."""
+    paths: list[Path] = []
+    for spec, what in ((cfg.data.events, "events"), (cfg.data.items, "items")):
+        if spec:
+            try:
+                paths += resolve_paths(spec, what)
+            except MissingInputError:
+                paths.append(Path(spec))  # reported by the stage that reads it
+    return fingerprint([p for p in paths if p.exists()])
+
+
 def open_run(cfg: Config) -> Run:
-    """The run folder of this config: ``run.run_id``, or a hash of the resolved config."""
-    run_id = cfg.run.run_id or cfg.hash()[:12]
+    """The run folder of this config and these inputs.
+
+    Its name is ``run.run_id`` when set, else a hash of the resolved config and the input
+    files' fingerprint: stage commands run one by one with the same config and data share a
+    folder, and new data (the nightly cron case) starts a new run instead of overwriting one.
+    """
+    run_id = cfg.run.run_id or hashlib.sha256(
+        f"{cfg.hash()}|{input_fingerprint(cfg)}".encode()
+    ).hexdigest()[:12]
     return run_folder(cfg.run.workspace, run_id)
 
 
@@ -197,7 +217,7 @@ def generate(cfg: Config) -> GenerateResult:
         time.perf_counter() - t0,
         rows=summary.rows,
         source_seconds=seconds,
-        inputs=fingerprint([Path(p) for p in summary.files]),
+        inputs=input_fingerprint(cfg),
     )
     return GenerateResult(run, summary, recall, seconds)
 
