@@ -26,9 +26,22 @@ def one_run(users: int, items: int, days: int, seed: int) -> tuple[float, float,
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         t0 = time.perf_counter()
         subprocess.run(
-            [sys.executable, "-m", "gbrank.cli", "quickstart", "--workspace", str(workspace),
-             "--users", str(users), "--items", str(items), "--days", str(days),
-             "--seed", str(seed)],
+            [
+                sys.executable,
+                "-m",
+                "gbrank.cli",
+                "quickstart",
+                "--workspace",
+                str(workspace),
+                "--users",
+                str(users),
+                "--items",
+                str(items),
+                "--days",
+                str(days),
+                "--seed",
+                str(seed),
+            ],
             check=True,
             stdout=subprocess.DEVNULL,
         )
@@ -36,8 +49,9 @@ def one_run(users: int, items: int, days: int, seed: int) -> tuple[float, float,
         # ru_maxrss of children is the largest child so far; each run is a fresh child and
         # runs are printed individually, so a later smaller run cannot hide a larger one.
         peak_mb = max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, before) / 1024
-        progress = json.loads(next((workspace / "runs").iterdir()).joinpath(
-            "progress.json").read_text())
+        progress = json.loads(
+            next((workspace / "runs").iterdir()).joinpath("progress.json").read_text()
+        )
         stages = {name: info["seconds"] for name, info in progress.items()}
         return wall, peak_mb, stages
     finally:
@@ -58,11 +72,16 @@ def main() -> None:
         walls.append(wall)
         peaks.append(peak)
         stages.append(stage)
-        print(f"run {i + 1}: wall {wall:.1f}s, peak RSS so far {peak:.0f} MB, "
-              + ", ".join(f"{k} {v:.1f}s" for k, v in stage.items()), flush=True)
+        print(
+            f"run {i + 1}: wall {wall:.1f}s, peak RSS so far {peak:.0f} MB, "
+            + ", ".join(f"{k} {v:.1f}s" for k, v in stage.items()),
+            flush=True,
+        )
     print(f"shop: {args.users} users, {args.items} items, {args.days} days")
-    print(f"median wall {statistics.median(walls):.1f}s over {args.repeat} runs; "
-          f"peak RSS {max(peaks):.0f} MB")
+    print(
+        f"median wall {statistics.median(walls):.1f}s over {args.repeat} runs; "
+        f"peak RSS {max(peaks):.0f} MB"
+    )
     for name in stages[0]:
         print(f"  {name:<9} median {statistics.median(s[name] for s in stages):.1f}s")
 

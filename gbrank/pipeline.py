@@ -79,9 +79,10 @@ def open_run(cfg: Config) -> Run:
     files' fingerprint: stage commands run one by one with the same config and data share a
     folder, and new data (the nightly cron case) starts a new run instead of overwriting one.
     """
-    run_id = cfg.run.run_id or hashlib.sha256(
-        f"{cfg.hash()}|{input_fingerprint(cfg)}".encode()
-    ).hexdigest()[:12]
+    run_id = (
+        cfg.run.run_id
+        or hashlib.sha256(f"{cfg.hash()}|{input_fingerprint(cfg)}".encode()).hexdigest()[:12]
+    )
     return run_folder(cfg.run.workspace, run_id)
 
 
