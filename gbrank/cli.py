@@ -167,6 +167,42 @@ def data_validate(
     _echo("ok: the events follow the data contract")
 
 
+@data_app.command("import")
+@handle_errors
+def data_import(
+    fmt: Annotated[
+        str,
+        typer.Argument(
+            metavar="FORMAT",
+            help="retailrocket, taobao, otto, hm, movielens, online-retail, diginetica, "
+            "yoochoose or instacart.",
+        ),
+    ],
+    src: Annotated[Path, typer.Argument(help="The dataset's file or folder, as published.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    rating_threshold: Annotated[
+        float, typer.Option(help="MovieLens: ratings at or above it become purchases.")
+    ] = 4.0,
+    limit: Annotated[int, typer.Option(help="Read at most this many events (0: all).")] = 0,
+) -> None:
+    """Convert a public dataset into the data contract plus a suggested gbrank.toml."""
+    from gbrank.data.importers import ImportOptions, import_dataset
+
+    options = ImportOptions(rating_threshold=rating_threshold, limit=limit)
+    result = import_dataset(fmt, src, out, options)
+    _echo(f"wrote {result.events:,} events, {result.users:,} users, {result.items:,} items "
+          f"to {result.out}")
+    total = max(result.events, 1)
+    for name in ("view", "click", "cart", "purchase"):
+        n = result.per_event_type.get(name, 0)
+        _echo(f"  {name:<9} {n:>12,}  {100 * n / total:5.1f}%")
+    for note in result.notes:
+        _echo(f"note: {note}")
+    _echo(f"suggested config: {result.out / 'gbrank.toml'} (folds.horizon_days = "
+          f"{result.horizon_days})")
+    _echo(f"next: gbrank generate -c {result.out / 'gbrank.toml'}")
+
+
 # --------------------------------------------------------------------------- config
 
 

@@ -31,6 +31,7 @@ def _commands() -> list[str]:
 def test_expected_commands_exist() -> None:
     assert set(_commands()) == {
         "config show",
+        "data import",
         "data synth",
         "data validate",
         "eval",
