@@ -3,7 +3,7 @@
 Runs ``gbrank quickstart`` in a fresh subprocess per repeat (so peak RSS is that run's own)
 and prints the median wall time, each stage's median time, and the peak RSS.
 
-    python bench/bench_pipeline.py --users 4000 --items 1500 --days 42 --repeat 3
+    python bench/bench_pipeline.py --users 10000 --items 3000 --days 56 --repeat 3
 """
 
 from __future__ import annotations
@@ -60,9 +60,9 @@ def one_run(users: int, items: int, days: int, seed: int) -> tuple[float, float,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--users", type=int, default=4000)
-    parser.add_argument("--items", type=int, default=1500)
-    parser.add_argument("--days", type=int, default=42)
+    parser.add_argument("--users", type=int, default=10_000)
+    parser.add_argument("--items", type=int, default=3000)
+    parser.add_argument("--days", type=int, default=56)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
