@@ -285,6 +285,19 @@ def training_rows(frame: pl.DataFrame, cfg: Config) -> pl.DataFrame:
     return with_pos.sort(C.USER, C.ITEM)
 
 
+def validation_mask(users: np.ndarray, cfg: Config) -> np.ndarray:
+    """Rows of held-out users (a hash of the user code below ``train.valid_fraction``).
+
+    Small data can leave the hash split empty; then the user with the smallest hash is held
+    out, so early stopping always has a validation set when there are at least five users.
+    """
+    unit = stable_unit(users, cfg.run.seed, 2)
+    mask = unit < cfg.train.valid_fraction
+    if not mask.any() and np.unique(users).size >= 5:
+        mask = users == users[np.argmin(unit)]
+    return mask
+
+
 def make_ranker(cfg: Config, **overrides: Any) -> LightGBMRanker:
     kwargs: dict[str, Any] = {
         "objective": "lambdarank",
@@ -316,9 +329,7 @@ def train(cfg: Config) -> TrainResult:
     frame = pl.read_parquet(run.require("features/train.parquet", "gbrank features"))
     features = feature_columns(frame)
     rows = training_rows(frame, cfg)
-    in_valid = pl.Series(
-        stable_unit(rows[C.USER].to_numpy(), cfg.run.seed, 2) < cfg.train.valid_fraction
-    )
+    in_valid = pl.Series(validation_mask(rows[C.USER].to_numpy(), cfg))
     train_part, valid_part = rows.filter(~in_valid), rows.filter(in_valid)
     ranker = make_ranker(cfg).fit(train_part, features, C.GRADE, valid=valid_part)
     ranker.save(run.file(EVAL_MODEL))

@@ -1,0 +1,93 @@
+"""The LightGBM ranker: groups from the sort, save/load, training-row selection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from gbrank import columns as C
+from gbrank.config import load_config
+from gbrank.errors import NotFittedError
+from gbrank.pipeline import stable_unit, training_rows, validation_mask
+from gbrank.rankers.lightgbm import LightGBMRanker, group_sizes
+
+
+def ranking_frame(seed: int, users: int = 200, per_user: int = 20) -> pl.DataFrame:
+    """Grade depends on feature f1 (signal) and not on f2 (noise)."""
+    rng = np.random.default_rng(seed)
+    n = users * per_user
+    f1 = rng.normal(size=n)
+    f2 = rng.normal(size=n)
+    grade = np.clip(np.round(f1 + rng.normal(scale=0.5, size=n)), 0, 4).astype(np.int8)
+    return pl.DataFrame(
+        {
+            C.USER: np.repeat(np.arange(users, dtype=np.int32), per_user),
+            C.ITEM: np.tile(np.arange(per_user, dtype=np.int32), users),
+            "f1": f1.astype(np.float32),
+            "f2": f2.astype(np.float32),
+            C.GRADE: grade,
+        }
+    )
+
+
+def test_group_sizes_from_sort() -> None:
+    frame = pl.DataFrame({C.USER: [1, 1, 1, 4, 7, 7]})  # users 1 (3 rows), 4 (1), 7 (2)
+    assert group_sizes(frame).tolist() == [3, 1, 2]
+    with pytest.raises(ValueError, match="sorted by user"):
+        group_sizes(pl.DataFrame({C.USER: [2, 1]}))
+
+
+def test_ranker_learns_signal_and_round_trips(tmp_path: Path) -> None:
+    train, valid, test = ranking_frame(0), ranking_frame(1), ranking_frame(2)
+    ranker = LightGBMRanker(
+        num_boost_round=50, early_stopping_rounds=10, label_gain=[0, 1, 3, 7, 15]
+    )
+    with pytest.raises(NotFittedError):
+        ranker.predict(test)
+    ranker.fit(train, ["f1", "f2"], C.GRADE, valid=valid)
+    scores = ranker.predict(test)
+    assert np.corrcoef(scores, test["f1"].to_numpy())[0, 1] > 0.8
+    importance = ranker.feature_importance()
+    assert importance["feature"][0] == "f1"
+    ranker.save(tmp_path / "model")
+    loaded = LightGBMRanker.load(tmp_path / "model")
+    # columns are selected by name: a reordered frame gives the same scores
+    reordered = test.select(C.GRADE, "f2", C.ITEM, "f1", C.USER)
+    assert np.array_equal(loaded.predict(reordered), scores)
+    assert loaded.sidecar()["feature_names"] == ["f1", "f2"]
+
+
+def test_training_rows_keep_every_positive() -> None:
+    cfg = load_config(None, ["train.neg_sample_rate=0.3"])
+    frame = ranking_frame(3)
+    # one user with no positive at all is dropped
+    frame = frame.with_columns(
+        pl.when(pl.col(C.USER) == 0).then(0).otherwise(pl.col(C.GRADE)).cast(pl.Int8).alias(C.GRADE)
+    )
+    rows = training_rows(frame, cfg)
+    assert 0 not in rows[C.USER].to_list()
+    positives = frame.filter(pl.col(C.GRADE) > 0)
+    assert rows.filter(pl.col(C.GRADE) > 0).height == positives.height
+    negatives = frame.filter((pl.col(C.GRADE) == 0) & (pl.col(C.USER) != 0)).height
+    kept = rows.filter(pl.col(C.GRADE) == 0).height
+    assert 0.2 * negatives < kept < 0.4 * negatives
+    assert rows[C.USER].is_sorted()
+    assert training_rows(frame, cfg).equals(rows)  # deterministic
+
+
+def test_stable_unit_is_uniform_and_fixed() -> None:
+    u = stable_unit(np.arange(100_000), seed=0, salt=0)
+    assert u.min() >= 0.0 and u.max() < 1.0
+    assert abs(u.mean() - 0.5) < 0.01
+    assert np.array_equal(u, stable_unit(np.arange(100_000), seed=0, salt=0))
+    assert not np.array_equal(u, stable_unit(np.arange(100_000), seed=1, salt=0))
+
+
+def test_validation_mask_never_empty_with_enough_users() -> None:
+    cfg = load_config(None, ["train.valid_fraction=0.0001"])
+    users = np.repeat(np.arange(6), 3)
+    mask = validation_mask(users, cfg)
+    assert mask.sum() == 3 and np.unique(users[mask]).size == 1
