@@ -190,16 +190,20 @@ def data_import(
 
     options = ImportOptions(rating_threshold=rating_threshold, limit=limit)
     result = import_dataset(fmt, src, out, options)
-    _echo(f"wrote {result.events:,} events, {result.users:,} users, {result.items:,} items "
-          f"to {result.out}")
+    _echo(
+        f"wrote {result.events:,} events, {result.users:,} users, {result.items:,} items "
+        f"to {result.out}"
+    )
     total = max(result.events, 1)
     for name in ("view", "click", "cart", "purchase"):
         n = result.per_event_type.get(name, 0)
         _echo(f"  {name:<9} {n:>12,}  {100 * n / total:5.1f}%")
     for note in result.notes:
         _echo(f"note: {note}")
-    _echo(f"suggested config: {result.out / 'gbrank.toml'} (folds.horizon_days = "
-          f"{result.horizon_days})")
+    _echo(
+        f"suggested config: {result.out / 'gbrank.toml'} (folds.horizon_days = "
+        f"{result.horizon_days})"
+    )
     _echo(f"next: gbrank generate -c {result.out / 'gbrank.toml'}")
 
 
@@ -234,28 +238,7 @@ def generate(
         f"events {result.summary.rows:,}, users {result.summary.users:,}, "
         f"items {result.summary.items:,}"
     )
-    _echo(_recall_table(result.recall))
-
-
-def _recall_table(recall: Any) -> str:
-    import polars as pl
-
-    lines = []
-    for fold in recall["fold"].unique(maintain_order=True).to_list():
-        sub = recall.filter(pl.col("fold") == fold)
-        targets = sub["target"].unique(maintain_order=True).to_list()
-        lines.append(f"candidate recall, {fold} fold")
-        head = "source".ljust(18) + "per user".rjust(10) + "".join(t.rjust(11) for t in targets)
-        lines += [head, "-" * len(head)]
-        for source in sub["source"].unique(maintain_order=True).to_list():
-            rows = sub.filter(pl.col("source") == source)
-            per_user = rows["candidates_per_user"][0]
-            vals = "".join(
-                f"{rows.filter(pl.col('target') == t)['recall'][0]:11.4f}" for t in targets
-            )
-            lines.append(source.ljust(18) + f"{per_user:10.1f}" + vals)
-        lines.append("")
-    return "\n".join(lines)
+    _echo(pipeline.format_recall_table(result.recall))
 
 
 @app.command()

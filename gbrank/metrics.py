@@ -353,6 +353,57 @@ def candidate_recall(candidates: pl.DataFrame, relevant: pl.DataFrame) -> float:
     return found / rel.height
 
 
+def candidate_report(
+    union: pl.DataFrame, relevant: pl.DataFrame, sources: Sequence[str]
+) -> pl.DataFrame:
+    """What each source brings to the candidate set, for one target.
+
+    ``union`` is the union of candidate lists (``user``, ``item``, ``{source}_rank`` per
+    source, ``n_sources``); ``relevant`` the positive (user, item) pairs. One row per source
+    plus a ``union`` row, with:
+
+    - ``recall``: share of the relevant pairs the source proposed (the union's is the ceiling
+      the ranker cannot pass);
+    - ``unique_recall``: share of the relevant pairs that only this source proposed, i.e. the
+      recall lost if the source were removed;
+    - ``positive_rate``: share of the source's candidates that are relevant;
+    - ``candidates``: number of (user, item) candidates the source proposed.
+
+    All rates are NaN when ``relevant`` is empty (``positive_rate`` when a source proposed
+    nothing).
+    """
+    rel = relevant.select(USER, ITEM).unique()
+    n_rel = rel.height
+    flagged = union.join(
+        rel.with_columns(pl.lit(True).alias("_pos")), on=[USER, ITEM], how="left"
+    ).with_columns(pl.col("_pos").fill_null(False))
+    exprs = []
+    for s in sources:
+        proposed = pl.col(f"{s}_rank").is_not_null()
+        exprs += [
+            (proposed & pl.col("_pos")).sum().alias(f"{s}|hits"),
+            (proposed & pl.col("_pos") & (pl.col("n_sources") == 1)).sum().alias(f"{s}|unique"),
+            proposed.sum().alias(f"{s}|n"),
+        ]
+    exprs += [pl.col("_pos").sum().alias("union|hits"), pl.len().alias("union|n")]
+    counts = flagged.select(exprs).row(0, named=True)
+    nan = float("nan")
+    rows = []
+    for s in [*sources, "union"]:
+        hits, n = int(counts[f"{s}|hits"]), int(counts[f"{s}|n"])
+        unique = int(counts.get(f"{s}|unique", hits)) if s != "union" else hits
+        rows.append(
+            {
+                "source": s,
+                "recall": hits / n_rel if n_rel else nan,
+                "unique_recall": unique / n_rel if n_rel else nan,
+                "positive_rate": hits / n if n else nan,
+                "candidates": n,
+            }
+        )
+    return pl.DataFrame(rows)
+
+
 def coverage(recs: pl.DataFrame, n_items: int, *, k: int | None = None) -> float:
     """Catalogue coverage: distinct recommended items divided by ``n_items``.
 

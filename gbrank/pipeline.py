@@ -42,7 +42,7 @@ from gbrank.errors import MissingInputError
 from gbrank.features.builders import build_features as _build_features
 from gbrank.features.builders import feature_columns
 from gbrank.features.labels import attach_labels, build_labels, relevant_items
-from gbrank.metrics import candidate_recall, metrics_rows, ranking_metrics
+from gbrank.metrics import candidate_report, metrics_rows, ranking_metrics
 from gbrank.rankers.lightgbm import LightGBMRanker
 from gbrank.runs import (
     Run,
@@ -173,7 +173,7 @@ def candidates_for(
 class GenerateResult:
     run: Run
     summary: Summary
-    recall: pl.DataFrame  # fold, target, source, recall, candidates_per_user
+    recall: pl.DataFrame  # fold, target, source, recall, unique_recall, positive_rate, ...
     seconds: dict[str, dict[str, float]]
 
 
@@ -183,8 +183,9 @@ def generate(cfg: Config) -> GenerateResult:
     t0 = time.perf_counter()
     run = open_run(cfg)
     data, summary = ingest(cfg, run)
-    rows: list[dict[str, Any]] = []
+    reports: list[pl.DataFrame] = []
     seconds: dict[str, dict[str, float]] = {}
+    sources = list(cfg.candidates.sources)
     for name in LABELLED_FOLDS:
         fold = data.folds[name]
         hist = history(data.events, fold)
@@ -193,25 +194,24 @@ def generate(cfg: Config) -> GenerateResult:
         cands, seconds[name] = candidates_for(cfg, hist, users, data, fold.as_of)
         atomic_write_parquet(cands, run.file(f"candidates/{name}.parquet"))
         atomic_write_parquet(labels, run.file(f"labels/{name}.parquet"))
-        sources = [s for s in cfg.candidates.sources]
         for target in cfg.eval.targets:
-            relevant = relevant_items(labels, target)
-            for source in [*sources, "union"]:
-                subset = (
-                    cands
-                    if source == "union"
-                    else cands.filter(pl.col(C.rank_col(source)).is_not_null())
+            report = candidate_report(cands, relevant_items(labels, target), sources)
+            reports.append(
+                report.with_columns(
+                    pl.lit(name).alias("fold"),
+                    pl.lit(target).alias("target"),
+                    (pl.col("candidates") / max(len(users), 1)).alias("candidates_per_user"),
                 )
-                rows.append(
-                    {
-                        "fold": name,
-                        "target": target,
-                        "source": source,
-                        "recall": candidate_recall(subset.select(C.USER, C.ITEM), relevant),
-                        "candidates_per_user": subset.height / max(len(users), 1),
-                    }
-                )
-    recall = pl.DataFrame(rows)
+            )
+    recall = pl.concat(reports).select(
+        "fold",
+        "target",
+        "source",
+        "recall",
+        "unique_recall",
+        "positive_rate",
+        "candidates_per_user",
+    )
     atomic_write_json(recall.to_dicts(), run.file("candidates/recall.json"))
     run.record_stage(
         "generate",
@@ -396,6 +396,31 @@ def format_table(
     for model in models:
         vals = "".join(f"{lookup.get((model, m, k), float('nan')):11.4f}" for m, k in cols)
         lines.append(model.ljust(width) + vals)
+    return "\n".join(lines)
+
+
+def format_recall_table(recall: pl.DataFrame) -> str:
+    """The candidate report as text: per fold, each source's candidates per user and, per
+    target, its recall, unique recall (lost without it) and positive rate."""
+    lines = []
+    for fold in recall["fold"].unique(maintain_order=True).to_list():
+        sub = recall.filter(pl.col("fold") == fold)
+        targets = sub["target"].unique(maintain_order=True).to_list()
+        lines.append(f"candidates, {fold} fold: recall / unique recall / positive rate per target")
+        head = "source".ljust(18) + "per user".rjust(9)
+        head += "".join(f"  {t:>8} {'unique':>7} {'pos%':>6}" for t in targets)
+        lines += [head, "-" * len(head)]
+        for source in sub["source"].unique(maintain_order=True).to_list():
+            rows = sub.filter(pl.col("source") == source)
+            line = source.ljust(18) + f"{rows['candidates_per_user'][0]:9.1f}"
+            for t in targets:
+                r = rows.filter(pl.col("target") == t).row(0, named=True)
+                line += (
+                    f"  {r['recall']:8.4f} {r['unique_recall']:7.4f}"
+                    f" {100 * r['positive_rate']:6.2f}"
+                )
+            lines.append(line)
+        lines.append("")
     return "\n".join(lines)
 
 

@@ -122,7 +122,7 @@ def test_candidate_recall_matches_brute_force(done: tuple[Config, dict]) -> None
                 for u, i, y in labels.select(C.USER, C.ITEM, C.label_col(target)).iter_rows()
                 if y == 1
             }
-            for source in ("popularity", "als", "union"):
+            for source in ("popularity", "als", "itemknn_bm25", "union"):
                 if source == "union":
                     proposed = set(cands.select(C.USER, C.ITEM).iter_rows())
                 else:
@@ -131,13 +131,23 @@ def test_candidate_recall_matches_brute_force(done: tuple[Config, dict]) -> None
                         .select(C.USER, C.ITEM)
                         .iter_rows()
                     )
-                expected = len(positives & proposed) / len(positives)
-                got = recall.filter(
+                others = set()
+                for other in cfg.candidates.sources:
+                    if other != source and source != "union":
+                        others |= set(
+                            cands.filter(pl.col(C.rank_col(other)).is_not_null())
+                            .select(C.USER, C.ITEM)
+                            .iter_rows()
+                        )
+                row = recall.filter(
                     (pl.col("fold") == fold)
                     & (pl.col("target") == target)
                     & (pl.col("source") == source)
-                )["recall"][0]
-                assert got == pytest.approx(expected), (fold, target, source)
+                ).row(0, named=True)
+                hits = positives & proposed
+                assert row["recall"] == pytest.approx(len(hits) / len(positives))
+                assert row["unique_recall"] == pytest.approx(len(hits - others) / len(positives))
+                assert row["positive_rate"] == pytest.approx(len(hits) / len(proposed))
 
 
 def test_candidates_only_from_history(done: tuple[Config, dict]) -> None:
