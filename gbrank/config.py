@@ -23,6 +23,7 @@ from typing import Any
 
 import tomllib
 
+from gbrank.budgets import parse_budget
 from gbrank.columns import EVENT_TYPES, TARGETS
 from gbrank.errors import ConfigError, MissingInputError
 
@@ -119,6 +120,10 @@ class CandidatesConfig:
     sources: dict[str, dict[str, Any]] = field(default_factory=_default_sources)
     # Users are generated in batches of this many, bounding peak memory.
     batch_users: int = 50_000
+    # Keep at most this many candidates per user after the union (0: no cap).
+    max_per_user: int = 0
+    # Target whose positive rate per rank sets the automatic budgets (sources with n = "auto").
+    budget_target: str = "click"
 
 
 @dataclass
@@ -317,11 +322,19 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("train.neg_sample_rate must be in (0, 1]")
     if not 0.0 < cfg.train.valid_fraction < 1.0:
         raise ConfigError("train.valid_fraction must be in (0, 1)")
+    if cfg.candidates.budget_target not in TARGETS:
+        raise ConfigError(
+            f"candidates.budget_target: unknown target '{cfg.candidates.budget_target}'"
+            f"{_nearest(cfg.candidates.budget_target, TARGETS)}"
+        )
+    if cfg.candidates.max_per_user < 0:
+        raise ConfigError("candidates.max_per_user must be 0 (no cap) or positive")
     if not cfg.candidates.sources:
         raise ConfigError("candidates.sources is empty: configure at least one source")
     for name, params in cfg.candidates.sources.items():
         if "kind" not in params:
             raise ConfigError(f"candidates.sources.{name}: missing key 'kind'")
+        parse_budget(name, params)
     return cfg
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import polars as pl
 
 from gbrank import columns as C
+from gbrank.budgets import BUDGET_KEYS, Budget, cap_per_user, choose_n, parse_budget, truncate
 from gbrank.candidates import build_source, union_candidates
 from gbrank.candidates.base import CandidateSource
 from gbrank.config import Config, dump_toml
@@ -139,25 +140,32 @@ def ingest(cfg: Config, run: Run) -> tuple[RunData, Summary]:
 # --------------------------------------------------------------------------- candidates
 
 
-def _sources(cfg: Config) -> list[tuple[CandidateSource, int]]:
+def _sources(cfg: Config) -> list[tuple[CandidateSource, Budget]]:
     out = []
     for name, table in cfg.candidates.sources.items():
-        params = {k: v for k, v in table.items() if k not in ("kind", "n")}
+        params = {k: v for k, v in table.items() if k != "kind" and k not in BUDGET_KEYS}
         params.setdefault("event_weights", cfg.events.weight_list())
         if table["kind"] == "als":
             params.setdefault("seed", cfg.run.seed)
         source = build_source(name, table["kind"], params)
-        out.append((source, int(table.get("n", 50))))
+        out.append((source, parse_budget(name, table)))
     return out
 
 
-def candidates_for(
-    cfg: Config, hist: pl.DataFrame, users: np.ndarray, data: RunData, as_of: datetime
-) -> tuple[pl.DataFrame, dict[str, float]]:
-    """Fit every source on ``hist`` and return the union of their lists for ``users``."""
+def source_lists(
+    cfg: Config,
+    hist: pl.DataFrame,
+    users: np.ndarray,
+    data: RunData,
+    as_of: datetime,
+    budgets: dict[str, int] | None = None,
+) -> tuple[dict[str, pl.DataFrame], dict[str, float]]:
+    """Fit every source on ``hist``; each proposes its budget (or ``n_max`` when automatic
+    and not yet resolved) for ``users``, in batches of ``candidates.batch_users``."""
     frames: dict[str, pl.DataFrame] = {}
     seconds: dict[str, float] = {}
-    for source, n in _sources(cfg):
+    for source, budget in _sources(cfg):
+        n = budgets[source.name] if budgets else budget.generate_n
         t0 = time.perf_counter()
         source.fit(hist, n_users=len(data.users), n_items=len(data.items), as_of=as_of)
         batches = [
@@ -166,7 +174,28 @@ def candidates_for(
         ]
         frames[source.name] = pl.concat(batches) if batches else source.generate(users[:0], n)
         seconds[source.name] = time.perf_counter() - t0
-    return union_candidates(frames), seconds
+    return frames, seconds
+
+
+def resolve_budgets(
+    cfg: Config, frames: dict[str, pl.DataFrame], labels: pl.DataFrame
+) -> dict[str, int]:
+    """Every source's list length: fixed ones as configured, automatic ones chosen from the
+    positive rate per rank on these (train-fold) lists."""
+    positives = relevant_items(labels, cfg.candidates.budget_target)
+    out = {}
+    for source, budget in _sources(cfg):
+        out[source.name] = (
+            choose_n(frames[source.name], positives, budget) if budget.auto else budget.n
+        )
+    return out
+
+
+def combine(cfg: Config, frames: dict[str, pl.DataFrame], budgets: dict[str, int]) -> pl.DataFrame:
+    """Truncate each list to its budget, take the union, apply the per-user cap."""
+    lists = {name: truncate(frame, budgets[name]) for name, frame in frames.items()}
+    union = union_candidates(lists)
+    return cap_per_user(union, list(lists), cfg.candidates.max_per_user)
 
 
 @dataclass
@@ -186,12 +215,17 @@ def generate(cfg: Config) -> GenerateResult:
     reports: list[pl.DataFrame] = []
     seconds: dict[str, dict[str, float]] = {}
     sources = list(cfg.candidates.sources)
-    for name in LABELLED_FOLDS:
+    budgets: dict[str, int] | None = None
+    for name in LABELLED_FOLDS:  # train first: it resolves the automatic budgets
         fold = data.folds[name]
         hist = history(data.events, fold)
         labels = build_labels(label_window(data.events, fold))
         users = labels[C.USER].unique().sort().to_numpy()
-        cands, seconds[name] = candidates_for(cfg, hist, users, data, fold.as_of)
+        frames, seconds[name] = source_lists(cfg, hist, users, data, fold.as_of, budgets)
+        if budgets is None:
+            budgets = resolve_budgets(cfg, frames, labels)
+            atomic_write_json(budgets, run.file("candidates/budgets.json"))
+        cands = combine(cfg, frames, budgets)
         atomic_write_parquet(cands, run.file(f"candidates/{name}.parquet"))
         atomic_write_parquet(labels, run.file(f"labels/{name}.parquet"))
         for target in cfg.eval.targets:
@@ -506,15 +540,16 @@ def recommend(cfg: Config, k: int, users_file: str | Path | None = None) -> Reco
         hist, n_users=len(data.users), n_items=len(data.items), as_of=fold.as_of
     )
     pop_list = popularity.generate(np.array([0], dtype=np.int32), k)[C.ITEM].to_list()
+    budgets = json.loads(run.require("candidates/budgets.json", "gbrank generate").read_text())
     parts = []
     sources = [
-        (s.fit(hist, n_users=len(data.users), n_items=len(data.items), as_of=fold.as_of), n)
-        for s, n in _sources(cfg)
+        s.fit(hist, n_users=len(data.users), n_items=len(data.items), as_of=fold.as_of)
+        for s, _ in _sources(cfg)
     ]
     for i in range(0, len(known), cfg.candidates.batch_users):
         batch = known[i : i + cfg.candidates.batch_users]
-        frames = {s.name: s.generate(batch, n) for s, n in sources}
-        cands = union_candidates(frames)
+        frames = {s.name: s.generate(batch, budgets[s.name]) for s in sources}
+        cands = combine(cfg, frames, budgets)
         feats = _features_for(cfg, cands, hist, data, fold.as_of)
         scored = feats.select(C.USER, C.ITEM).with_columns(
             pl.Series(C.SCORE, ranker.predict(feats), dtype=pl.Float64)
