@@ -96,6 +96,7 @@ class RunData:
     users: Vocab
     items: Vocab
     item_attrs: pl.DataFrame | None
+    user_attrs: pl.DataFrame | None
     folds: dict[str, Fold]
 
 
@@ -105,6 +106,8 @@ def _load_run_data(run: Run) -> RunData:
     items = Vocab.load(run.require("vocab/items.parquet", "gbrank generate"))
     attrs_path = run.file("data/items.parquet")
     attrs = pl.read_parquet(attrs_path) if attrs_path.exists() else None
+    user_attrs_path = run.file("data/users.parquet")
+    user_attrs = pl.read_parquet(user_attrs_path) if user_attrs_path.exists() else None
     folds_meta = json.loads(run.require("folds.json", "gbrank generate").read_text())
     folds = {
         name: Fold(
@@ -114,7 +117,7 @@ def _load_run_data(run: Run) -> RunData:
         )
         for name, f in folds_meta.items()
     }
-    return RunData(events, users, items, attrs, folds)
+    return RunData(events, users, items, attrs, user_attrs, folds)
 
 
 def ingest(cfg: Config, run: Run) -> tuple[RunData, Summary]:
@@ -123,6 +126,9 @@ def ingest(cfg: Config, run: Run) -> tuple[RunData, Summary]:
     attrs = None
     if cfg.data.items:
         attrs = load_table(cfg.data.items, cfg.data.columns.item_id, "items", loaded.items)
+    user_attrs = None
+    if cfg.data.users:
+        user_attrs = load_table(cfg.data.users, cfg.data.columns.user_id, "users", loaded.users)
     folds = make_folds(data_end(loaded.events), cfg.folds.horizon_days, cfg.folds.as_of)
     for name in LABELLED_FOLDS:
         check_fold(loaded.events, folds[name])
@@ -131,9 +137,11 @@ def ingest(cfg: Config, run: Run) -> tuple[RunData, Summary]:
     loaded.items.save(run.file("vocab/items.parquet"))
     if attrs is not None:
         atomic_write_parquet(attrs, run.file("data/items.parquet"))
+    if user_attrs is not None:
+        atomic_write_parquet(user_attrs, run.file("data/users.parquet"))
     atomic_write_json({k: f.to_dict() for k, f in folds.items()}, run.file("folds.json"))
     atomic_write_text(dump_toml(cfg), run.file("config.toml"))
-    data = RunData(loaded.events, loaded.users, loaded.items, attrs, folds)
+    data = RunData(loaded.events, loaded.users, loaded.items, attrs, user_attrs, folds)
     return data, loaded.summary
 
 

@@ -28,7 +28,8 @@ def quickstart_config(workspace: Path, seed: int) -> str:
         f"#   gbrank generate -c {workspace / 'gbrank.toml'}  (then features, train, eval)\n"
         "[data]\n"
         f'events = "{shop / "events.parquet"}"\n'
-        f'items = "{shop / "items.parquet"}"\n\n'
+        f'items = "{shop / "items.parquet"}"\n'
+        f'users = "{shop / "users.parquet"}"\n\n'
         "[run]\n"
         f'workspace = "{workspace.resolve()}"\n'
         f"seed = {seed}\n"
