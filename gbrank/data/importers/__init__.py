@@ -151,6 +151,8 @@ def _config_text(out: Path, imported: Imported, horizon: int, fmt: str) -> str:
     lines += ["[data]", f'events = "{(out / "events.parquet").resolve()}"']
     if imported.items is not None:
         lines.append(f'items = "{(out / "items.parquet").resolve()}"')
+    if imported.users is not None:
+        lines.append(f'users = "{(out / "users.parquet").resolve()}"')
     lines += ["", "[folds]", f"horizon_days = {horizon}", ""]
     return "\n".join(lines)
 
