@@ -98,7 +98,8 @@ def choose_n(candidates: pl.DataFrame, positives: pl.DataFrame, budget: Budget) 
             break
     else:
         if rates.height:  # the source ran out of items before n_max
-            n = min(budget.n_max, (rates["block"].max() + 1) * budget.block)  # type: ignore[operator]
+            last_block = int(rates["block"].max())  # type: ignore[arg-type]
+            n = min(budget.n_max, (last_block + 1) * budget.block)
     return max(budget.n_min, min(n, budget.n_max))
 
 
