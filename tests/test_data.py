@@ -244,8 +244,10 @@ def _events(days: int = 30) -> pl.DataFrame:
 def test_fold_boundaries() -> None:
     events = _events()
     end = data_end(events)
-    assert end == datetime(2024, 1, 31)
-    folds = make_folds(end, horizon_days=7)
+    assert end == datetime(2024, 1, 30, 19)  # the last event is at 18:00
+    assert data_end(events.head(1)) == datetime(2024, 1, 1, 1)
+    assert make_folds(end, horizon_days=7)["eval"].as_of == datetime(2024, 1, 23, 19)
+    folds = make_folds(end, horizon_days=7, as_of="2024-01-24")
     assert folds["eval"].as_of == datetime(2024, 1, 24)
     assert folds["train"].as_of == datetime(2024, 1, 17)
     assert folds["train"].label_end == folds["eval"].as_of

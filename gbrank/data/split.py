@@ -8,7 +8,7 @@ The scheme (see docs/architecture.md):
 - ``inference``: ``as_of`` = end of data, no labels.
 
 ``T`` is ``folds.as_of`` when set, else the end of the data minus one horizon, where the end of
-the data is the day after the last event (midnight), so folds cover whole days.
+the data is the first full hour after the last event.
 
 Example:
     >>> folds = make_folds(datetime(2024, 3, 1), horizon_days=7)
@@ -52,12 +52,16 @@ class Fold:
 
 
 def data_end(events: pl.DataFrame) -> datetime:
-    """Midnight after the last event."""
+    """The end of the data: the first full hour after the last event.
+
+    Hour rather than day alignment, so that a log whose last day is barely started (it ends at
+    00:50, say) still gets a full last horizon in its eval window.
+    """
     last = events[C.TS].max()
     if last is None:
         raise DataError("no events", column=C.TS)
     assert isinstance(last, datetime)
-    return datetime(last.year, last.month, last.day) + timedelta(days=1)
+    return datetime(last.year, last.month, last.day, last.hour) + timedelta(hours=1)
 
 
 def parse_as_of(text: str) -> datetime:
