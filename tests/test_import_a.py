@@ -521,3 +521,26 @@ def test_cli_import_movielens(tmp_path: Path) -> None:
         app, ["data", "import", "movielens", str(tmp_path / "nowhere"), "--out", str(out)]
     )
     assert missing.exit_code == 66
+
+
+def test_suggested_config_lists_only_distinct_targets(tmp_path: Path) -> None:
+    from gbrank.config import load_config
+    from gbrank.data.importers import import_dataset, suggested_targets
+
+    assert suggested_targets({"view": 5, "purchase": 3}) == ["purchase"]
+    assert suggested_targets({"click": 4}) == ["click"]
+    assert suggested_targets({"click": 1, "cart": 1, "purchase": 1}) == [
+        "click",
+        "cart",
+        "purchase",
+    ]
+    src = tmp_path / "ratings.csv"
+    src.write_text(
+        "userId,movieId,rating,timestamp\n"
+        "1,10,4.5,964982703\n"  # purchase
+        "1,11,2.0,964982800\n"  # view
+        "2,10,5.0,964983000\n"  # purchase
+    )
+    result = import_dataset("movielens", src, tmp_path / "out")
+    cfg = load_config(result.out / "gbrank.toml")
+    assert cfg.eval.targets == ["purchase"]  # click and cart would repeat purchase here

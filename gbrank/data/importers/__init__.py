@@ -140,20 +140,43 @@ def suggested_horizon(events: pl.DataFrame, preferred: int) -> int:
     return max(1, min(preferred, int(span // 4)))
 
 
-def _config_text(out: Path, imported: Imported, horizon: int, fmt: str) -> str:
+def suggested_targets(per_event_type: dict[str, int]) -> list[str]:
+    """Targets that differ from one another on this data.
+
+    A target counts events of its type or deeper, so ``click`` equals ``cart`` when there are
+    no click events, and ``cart`` equals ``purchase`` without cart events; a target without
+    any event is dropped.
+    """
+    targets = [t for t in C.TARGETS[:-1] if per_event_type.get(t, 0) > 0]
+    if per_event_type.get("purchase", 0) > 0:
+        targets.append("purchase")
+    return targets or list(C.TARGETS)
+
+
+def _config_text(out: Path, imported: Imported, horizon: int, fmt: str, targets: list[str]) -> str:
     lines = [
         f"# Suggested by `gbrank data import {fmt}`; every other key keeps its default",
         "# (see `gbrank config show`).",
     ]
     if imported.event_mapping:
-        lines.append("# Event names were mapped on import: "
-                     + ", ".join(f"{k} -> {v}" for k, v in imported.event_mapping.items()))
+        lines.append(
+            "# Event names were mapped on import: "
+            + ", ".join(f"{k} -> {v}" for k, v in imported.event_mapping.items())
+        )
     lines += ["[data]", f'events = "{(out / "events.parquet").resolve()}"']
     if imported.items is not None:
         lines.append(f'items = "{(out / "items.parquet").resolve()}"')
     if imported.users is not None:
         lines.append(f'users = "{(out / "users.parquet").resolve()}"')
     lines += ["", "[folds]", f"horizon_days = {horizon}", ""]
+    if targets != list(C.TARGETS):
+        quoted = ", ".join(f'"{t}"' for t in targets)
+        lines += [
+            "# targets that differ on this data (see docs/metrics.md)",
+            "[eval]",
+            f"targets = [{quoted}]",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -185,15 +208,17 @@ def import_dataset(
     if imported.users is not None:
         written.append(out / "users.parquet")
         atomic_write_parquet(imported.users, written[-1])
-    written.append(out / "gbrank.toml")
-    atomic_write_text(_config_text(out, imported, horizon, fmt), written[-1])
     counts = events[C.RAW_EVENT].value_counts()
+    per_type = {r[C.RAW_EVENT]: int(r["count"]) for r in counts.iter_rows(named=True)}
+    targets = suggested_targets(per_type)
+    written.append(out / "gbrank.toml")
+    atomic_write_text(_config_text(out, imported, horizon, fmt, targets), written[-1])
     return ImportResult(
         out=out,
         events=events.height,
         users=events[C.RAW_USER].n_unique(),
         items=events[C.RAW_ITEM].n_unique(),
-        per_event_type={r[C.RAW_EVENT]: int(r["count"]) for r in counts.iter_rows(named=True)},
+        per_event_type=per_type,
         horizon_days=horizon,
         notes=imported.notes,
         files=written,
