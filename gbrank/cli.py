@@ -243,8 +243,26 @@ def generate(
 
 @app.command()
 @handle_errors
-def features(config: ConfigOpt = None, set_: SetOpt = None, workspace: WorkspaceOpt = None) -> None:
+def features(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    workspace: WorkspaceOpt = None,
+    list_: Annotated[
+        bool,
+        typer.Option(
+            "--list",
+            help="Print every feature with its family and description, then exit (needs no run).",
+        ),
+    ] = False,
+) -> None:
     """Stage 2: leak-free features and labels for the train and eval folds."""
+    if list_:
+        from gbrank.features.base import FeatureSpec
+        from gbrank.features.registry import format_listing
+
+        cfg = resolve_config(config, set_, workspace)
+        _echo(format_listing(FeatureSpec.from_config(cfg), cfg.features.families))
+        return
     from gbrank import pipeline
 
     result = pipeline.build_features(resolve_config(config, set_, workspace))

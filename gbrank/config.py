@@ -128,7 +128,44 @@ class CandidatesConfig:
 
 @dataclass
 class FeaturesConfig:
-    item_windows_days: list[int] = field(default_factory=lambda: [7, 28])
+    """Feature families and their knobs (see docs/features.md, `gbrank features --list`)."""
+
+    @staticmethod
+    def _default_families() -> list[str]:
+        from gbrank.features.registry import default_family_names
+
+        return default_family_names()
+
+    # Families to build, in any order: user, item, user_item, user_category, user_brand,
+    # cross, source, similarity (off by default, see docs/features.md).
+    families: list[str] = field(default_factory=_default_families)
+    # Count windows in days, for the user and item families (all history is always added).
+    windows_days: list[int] = field(default_factory=lambda: [1, 7, 30])
+    # Windows of the item family when they should differ (empty: windows_days).
+    item_windows_days: list[int] = field(default_factory=list)
+    # Similarity family: the user's last N distinct items the candidate is compared with.
+    recent_items: int = 10
+    # User x category / brand: the short-term share counts the user's last N events.
+    short_term_events: int = 20
+    # Sessions split where this much time passes without an event (when `session` is null).
+    session_gap_minutes: float = 30.0
+    # Pseudo-counts of the smoothed rates (CTR, CVR, the user's funnel), toward the global rate.
+    prior_strength: float = 20.0
+    # Co-visitation: two items touched by the same user within this many hours.
+    covisit_hours: float = 24.0
+    als_factors: int = 32
+    als_iterations: int = 8
+    # Users are split into this many shards by a hash of their code (0: automatic, so that a
+    # shard has at most about shard_rows candidate rows); each shard is written as it is made.
+    shards: int = 0
+    shard_rows: int = 2_000_000
+    # Candidate rows per batch of the similarity family (memory: batch_rows x recent_items).
+    batch_rows: int = 50_000
+
+    def __post_init__(self) -> None:
+        from gbrank.features.registry import check_config
+
+        check_config(self)
 
 
 @dataclass

@@ -29,7 +29,7 @@ PROGRESS = "progress.json"
 
 
 @contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
+def atomic_path(path: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -46,7 +46,7 @@ def _atomic_path(path: Path) -> Iterator[Path]:
 
 
 def atomic_write_bytes(data: bytes, path: Path) -> None:
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         tmp.write_bytes(data)
 
 
@@ -59,14 +59,14 @@ def atomic_write_json(obj: Any, path: Path) -> None:
 
 
 def atomic_write_parquet(frame: pl.DataFrame, path: Path) -> None:
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         frame.write_parquet(tmp, statistics=True)
 
 
 def atomic_write_table(frame: pl.DataFrame, path: Path) -> None:
     """Parquet or CSV, chosen by the file's extension."""
     suffix = path.suffix.lower()
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         if suffix in (".parquet", ".pq"):
             frame.write_parquet(tmp)
         elif suffix == ".csv":

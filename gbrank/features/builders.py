@@ -1,186 +1,231 @@
-"""Leak-free feature families, computed with Polars from history strictly before ``as_of``.
+"""Assemble the feature families onto candidate rows, one shard of users at a time.
 
-Every family is a pure function of ``(history, as_of, ...)`` returning a LazyFrame keyed by
-user, item or (user, item); :func:`build_features` joins them onto the candidate rows. The
-caller guarantees ``history`` holds only events before ``as_of`` (see
-``gbrank.data.split.history``); each family also filters on ``as_of`` itself, so passing the
-full event log by mistake cannot leak the label window into a feature.
+:class:`FeatureBuilder` holds one history and one ``as_of``. Its :meth:`~FeatureBuilder.build`
+takes the candidate rows of a shard (one row per (user, item), with the sources' score and
+rank columns) and left-joins every selected family onto them. What does not depend on the
+shard's users (the item family, the co-visitation table, the ALS factors) is computed on the
+first shard and reused by the next ones. Counts and shares with no event become 0; recencies
+and ratios of something that never happened stay null.
 
-Families and their columns:
-
-- user (``u_*``): events per type, events in all, distinct items, active days, days since the
-  last event, mean price of the items the user touched.
-- item (``i_*``): events per type over each window in ``features.item_windows_days`` and over
-  all history, distinct users, days since first and last seen, purchase rate (smoothed).
-- user x item (``ui_*``): events per type, days since the last interaction and since the last
-  purchase.
-- cross (``x_*``): item price over the user's mean price; share of the user's events in the
-  item's category and the user's purchases in it.
-- source: every source's score and rank and ``n_sources``, already on the candidate rows.
+Example:
+    >>> from datetime import datetime
+    >>> history = pl.DataFrame(
+    ...     {"user": [0, 0, 1], "item": [1, 2, 1], "event": [0, 3, 1],
+    ...      "ts": [datetime(2024, 1, 30), datetime(2024, 1, 31), datetime(2024, 1, 31)]},
+    ...     schema_overrides={"user": pl.Int32, "item": pl.Int32, "event": pl.Int8},
+    ... )
+    >>> cands = pl.DataFrame({"user": [0, 1], "item": [2, 2]},
+    ...                      schema={"user": pl.Int32, "item": pl.Int32})
+    >>> frame = build_features(cands, history, datetime(2024, 2, 1), families=["user_item"])
+    >>> frame.select("user", "item", "ui_n_purchase").rows()
+    [(0, 2, 1), (1, 2, 0)]
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import datetime, timedelta
+import dataclasses
+import weakref
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from gbrank import columns as C
+from gbrank.features.base import (
+    BRAND,
+    CATEGORY,
+    PRICE,
+    Column,
+    Family,
+    FeatureContext,
+    FeatureSpec,
+    item_table,
+)
+from gbrank.features.families.source import candidate_sources, passthrough
+from gbrank.features.registry import DEFAULT_FAMILIES, resolve
+from gbrank.features.sharding import split_shards
+
+if TYPE_CHECKING:
+    from gbrank.config import Config
 
 KEYS = (C.USER, C.ITEM)
-_DAY_MS = 86_400_000.0
 
 
-def _days_before(as_of: datetime, col: str | pl.Expr) -> pl.Expr:
-    expr = pl.col(col) if isinstance(col, str) else col
-    return ((pl.lit(as_of, dtype=pl.Datetime("ms")) - expr).dt.total_milliseconds() / _DAY_MS).cast(
-        pl.Float32
-    )
+class FeatureBuilder:
+    """Features of candidate rows from the events strictly before ``as_of``.
+
+    Parameters:
+        history: events (``user``, ``item``, ``ts``, ``event``, optionally ``session``,
+            ``value``, ``quantity``); rows at or after ``as_of`` are ignored.
+        as_of: the fold's cut-off.
+        items: coded item attributes (``item`` plus ``category``, ``brand``, ``price``...).
+        users: coded user attributes (carried in the context for families that use them).
+        spec: windows and other knobs; sources and item attributes are read from the data.
+        families: names of the families to build (default: the default ones, as in the config).
+        shared: a cache of shard-independent results to reuse (see :func:`shared_cache`).
+    """
+
+    def __init__(
+        self,
+        history: pl.DataFrame | pl.LazyFrame,
+        as_of: datetime,
+        *,
+        items: pl.DataFrame | None = None,
+        users: pl.DataFrame | None = None,
+        spec: FeatureSpec | None = None,
+        families: Sequence[str] | None = None,
+        shared: dict[str, Any] | None = None,
+    ) -> None:
+        self.history = history.lazy()
+        self.as_of = as_of
+        self.items = items
+        self.users = users
+        self.spec = spec or FeatureSpec()
+        self.families = resolve(families if families is not None else DEFAULT_FAMILIES)
+        self.shared: dict[str, Any] = {} if shared is None else shared
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: Config,
+        history: pl.DataFrame | pl.LazyFrame,
+        as_of: datetime,
+        *,
+        items: pl.DataFrame | None = None,
+        users: pl.DataFrame | None = None,
+        shared: dict[str, Any] | None = None,
+    ) -> FeatureBuilder:
+        return cls(
+            history,
+            as_of,
+            items=items,
+            users=users,
+            spec=FeatureSpec.from_config(cfg),
+            families=cfg.features.families,
+            shared=shared,
+        )
+
+    def spec_for(self, candidate_columns: Sequence[str]) -> FeatureSpec:
+        """The spec with what the data offers: the sources on the candidate rows and the item
+        attributes of the items table (a price may also come from the events)."""
+        attrs = {PRICE}
+        if self.items is not None:
+            attrs |= {a for a in (CATEGORY, BRAND) if a in self.items.columns}
+        return dataclasses.replace(
+            self.spec,
+            sources=tuple(candidate_sources(list(candidate_columns))),
+            item_attributes=frozenset(attrs),
+        )
+
+    def active(self, spec: FeatureSpec) -> list[Family]:
+        return [f for f in self.families if f.available(spec)]
+
+    def declared(self, spec: FeatureSpec) -> list[Column]:
+        return [c for f in self.active(spec) for c in f.columns(spec)]
+
+    def build(self, candidates: pl.DataFrame) -> pl.DataFrame:
+        """The candidate rows of one shard with every feature column, sorted by user, item."""
+        spec = self.spec_for(candidates.columns)
+        families = self.active(spec)
+        # Sorted once here, while the rows are narrow; joins then keep this order.
+        frame = candidates.sort(*KEYS)
+        ctx = FeatureContext(
+            history=self.history,
+            as_of=self.as_of,
+            candidates=frame.lazy(),
+            items=self.items,
+            users=self.users,
+            spec=spec,
+            shared=self.shared,
+        )
+        if not any(f.name == "source" for f in families):
+            frame = frame.drop(*[c for c in passthrough(spec) if c in candidates.columns])
+        extra = sorted({k for f in families for k in f.keys} - set(KEYS))
+        if extra:
+            attrs = item_table(ctx).select(C.ITEM, *extra)
+            frame = frame.join(attrs, on=C.ITEM, how="left", maintain_order="left")
+        for family in families:
+            if family.per_user:
+                part = family.build(ctx).collect()
+            else:
+                # Shard-independent: computed once, reused by every shard.
+                part = ctx.memo(f"family:{family.name}", family.build(ctx).collect, shared=True)
+            frame = _attach(frame, part, list(family.keys))
+        out = frame.drop(extra)
+        declared = [c for f in families for c in f.columns(spec)]
+        out = out.with_columns(
+            pl.col(c.name).fill_null(c.fill) for c in declared if c.fill is not None
+        ).cast({c.name: c.dtype for c in declared if c.dtype is not None})
+        return out
+
+    def build_shards(self, candidates: pl.DataFrame, n_shards: int) -> Iterator[pl.DataFrame]:
+        """Feature frames shard by shard (users split by a stable hash of their code)."""
+        for shard in split_shards(candidates, n_shards):
+            yield self.build(shard)
 
 
-def _per_type_counts(prefix: str, suffix: str = "") -> list[pl.Expr]:
-    return [
-        (pl.col(C.EVENT) == code).sum().cast(pl.Int32).alias(f"{prefix}n_{name}{suffix}")
-        for code, name in enumerate(C.EVENT_TYPES)
-    ]
-
-
-def _past(history: pl.LazyFrame, as_of: datetime) -> pl.LazyFrame:
-    return history.filter(pl.col(C.TS) < as_of)
-
-
-def item_prices(history: pl.LazyFrame, items: pl.DataFrame | None, as_of: datetime) -> pl.LazyFrame:
-    """Item price from the items table, else the mean unit price seen in past events."""
-    if items is not None and "price" in items.columns:
-        return items.lazy().select(C.ITEM, pl.col("price").cast(pl.Float32))
-    schema = history.collect_schema()
-    if C.VALUE not in schema.names():
-        return pl.LazyFrame(schema={C.ITEM: pl.Int32, "price": pl.Float32})
-    quantity = pl.col(C.QUANTITY).fill_null(1.0) if C.QUANTITY in schema.names() else pl.lit(1.0)
-    return (
-        _past(history, as_of)
-        .filter(pl.col(C.VALUE).is_not_null() & (pl.col(C.VALUE) > 0))
-        .group_by(C.ITEM)
-        .agg((pl.col(C.VALUE) / quantity).mean().cast(pl.Float32).alias("price"))
-    )
-
-
-def user_features(history: pl.LazyFrame, as_of: datetime, prices: pl.LazyFrame) -> pl.LazyFrame:
-    past = _past(history, as_of)
-    activity = past.group_by(C.USER).agg(
-        *_per_type_counts("u_"),
-        pl.len().cast(pl.Int32).alias("u_n_events"),
-        pl.col(C.ITEM).n_unique().cast(pl.Int32).alias("u_n_items"),
-        pl.col(C.TS).dt.date().n_unique().cast(pl.Int32).alias("u_active_days"),
-        _days_before(as_of, pl.col(C.TS).max()).alias("u_days_since_last"),
-    )
-    mean_price = (
-        past.join(prices, on=C.ITEM, how="inner")
-        .group_by(C.USER)
-        .agg(pl.col("price").mean().cast(pl.Float32).alias("u_mean_price"))
-    )
-    return activity.join(mean_price, on=C.USER, how="left")
-
-
-def item_features(
-    history: pl.LazyFrame, as_of: datetime, windows_days: Sequence[int]
-) -> pl.LazyFrame:
-    past = _past(history, as_of)
-    # One pass over each item's rows: every window is a masked sum.
-    windowed = [
-        ((pl.col(C.EVENT) == code) & (pl.col(C.TS) >= as_of - timedelta(days=w)))
-        .sum()
-        .cast(pl.Int32)
-        .alias(f"i_n_{name}_{w}d")
-        for w in windows_days
-        for code, name in enumerate(C.EVENT_TYPES)
-    ]
-    n_purchase = (pl.col(C.EVENT) == C.EVENT_CODE["purchase"]).sum()
-    return past.group_by(C.ITEM).agg(
-        *_per_type_counts("i_"),
-        *windowed,
-        pl.col(C.USER).n_unique().cast(pl.Int32).alias("i_n_users"),
-        _days_before(as_of, pl.col(C.TS).min()).alias("i_days_since_first"),
-        _days_before(as_of, pl.col(C.TS).max()).alias("i_days_since_last"),
-        # Purchases per event, shrunk towards zero for rarely seen items.
-        (n_purchase / (pl.len() + 20.0)).cast(pl.Float32).alias("i_purchase_rate"),
-    )
-
-
-def user_item_features(history: pl.LazyFrame, as_of: datetime, pairs: pl.LazyFrame) -> pl.LazyFrame:
-    past = _past(history, as_of).join(pairs, on=list(KEYS), how="semi")
-    purchase = pl.col(C.EVENT) == C.EVENT_CODE["purchase"]
-    return past.group_by(*KEYS).agg(
-        *_per_type_counts("ui_"),
-        _days_before(as_of, pl.col(C.TS).max()).alias("ui_days_since_last"),
-        _days_before(as_of, pl.col(C.TS).filter(purchase).max()).alias(
-            "ui_days_since_last_purchase"
-        ),
-    )
-
-
-def user_category_features(
-    history: pl.LazyFrame, as_of: datetime, items: pl.DataFrame
-) -> pl.LazyFrame:
-    """Per (user, category): share of the user's events and number of purchases."""
-    past = _past(history, as_of).join(
-        items.lazy().select(C.ITEM, "category"), on=C.ITEM, how="inner"
-    )
-    per_cat = past.group_by(C.USER, "category").agg(
-        pl.len().alias("_n"),
-        (pl.col(C.EVENT) == C.EVENT_CODE["purchase"])
-        .sum()
-        .cast(pl.Int32)
-        .alias("x_cat_n_purchase"),
-    )
-    return per_cat.with_columns(
-        (pl.col("_n") / pl.col("_n").sum().over(C.USER)).cast(pl.Float32).alias("x_cat_share")
-    ).drop("_n")
+def _attach(frame: pl.DataFrame, part: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
+    """Left-join ``part`` on ``keys`` without copying the frame's (many) existing columns:
+    only the keys are joined, to find each row's row of ``part``, and the new columns are
+    gathered and stacked on. A part already aligned row by row is stacked on directly."""
+    values = part.drop(keys)
+    aligned = part.height == frame.height and all(part[k].equals(frame[k]) for k in keys)
+    if not aligned:
+        rows = (
+            frame.select(keys)
+            .join(
+                part.select(keys).with_row_index("_row"), on=keys, how="left", maintain_order="left"
+            )
+            .get_column("_row")
+        )
+        values = values.select(pl.all().gather(rows))
+    return frame.hstack(values.get_columns())
 
 
 def build_features(
     candidates: pl.DataFrame,
-    history: pl.DataFrame,
+    history: pl.DataFrame | pl.LazyFrame,
     as_of: datetime,
     items: pl.DataFrame | None = None,
-    windows_days: Sequence[int] = (7, 28),
+    users: pl.DataFrame | None = None,
+    *,
+    spec: FeatureSpec | None = None,
+    families: Sequence[str] | None = None,
+    n_shards: int = 1,
+    shared: dict[str, Any] | None = None,
 ) -> pl.DataFrame:
-    """Join every feature family onto the candidate rows (one row per (user, item)).
-
-    Count features that are missing after the join (no event) become 0; recency features
-    stay null (never happened).
-    """
-    hist = history.lazy()
-    cands = candidates.lazy()
-    prices = item_prices(hist, items, as_of)
-    frame = (
-        cands.join(user_features(hist, as_of, prices), on=C.USER, how="left")
-        .join(item_features(hist, as_of, windows_days), on=C.ITEM, how="left")
-        .join(user_item_features(hist, as_of, cands.select(*KEYS)), on=list(KEYS), how="left")
-        .join(prices, on=C.ITEM, how="left")
-        .rename({"price": "i_price"})
-        .with_columns(
-            (pl.col("i_price") / pl.col("u_mean_price")).cast(pl.Float32).alias("x_price_ratio")
-        )
+    """Every selected family joined onto the candidate rows (one row per (user, item)),
+    sorted by user and item; built in ``n_shards`` shards and concatenated. ``shared`` is a
+    cache of shard-independent results to reuse across calls (see :func:`shared_cache`)."""
+    builder = FeatureBuilder(
+        history, as_of, items=items, users=users, spec=spec, families=families, shared=shared
     )
-    if items is not None and "category" in items.columns:
-        frame = (
-            frame.join(items.lazy().select(C.ITEM, "category"), on=C.ITEM, how="left")
-            .join(user_category_features(hist, as_of, items), on=[C.USER, "category"], how="left")
-            .drop("category")
-        )
-    out = frame.collect()
-    count_cols = [
-        c
-        for c in out.columns
-        if ("_n_" in c or c.startswith(("u_n", "i_n", "ui_n"))) and out.schema[c].is_integer()
-    ]
-    shares = [c for c in ("x_cat_share",) if c in out.columns]
-    return out.with_columns(pl.col(c).fill_null(0) for c in count_cols + shares).sort(*KEYS)
+    parts = list(builder.build_shards(candidates, n_shards))
+    if len(parts) <= 1:
+        return parts[0] if parts else builder.build(candidates)
+    return pl.concat(parts).sort(*KEYS)
 
 
 def feature_columns(frame: pl.DataFrame) -> list[str]:
     """The model's input columns: everything but keys and labels, in frame order."""
     skip = {C.USER, C.ITEM, C.GRADE, *(C.label_col(t) for t in C.TARGETS)}
     return [c for c in frame.columns if c not in skip]
+
+
+_SHARED: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+
+def shared_cache(
+    history: pl.DataFrame, as_of: datetime, spec: FeatureSpec, items: pl.DataFrame | None
+) -> dict[str, Any]:
+    """A cache of shard-independent results that lives as long as ``history`` does.
+
+    Serving builds features batch by batch of users from the same history; with this cache
+    the item family, the co-visitation table and the ALS factors are computed once.
+    """
+    key = (id(history), as_of, spec, None if items is None else id(items))
+    if key not in _SHARED:
+        _SHARED[key] = {}
+        weakref.finalize(history, _SHARED.pop, key, None)
+    return _SHARED[key]

@@ -39,8 +39,15 @@ def relevant_items(labels: pl.DataFrame, target: str) -> pl.DataFrame:
 
 
 def attach_labels(candidates: pl.DataFrame, labels: pl.DataFrame) -> pl.DataFrame:
-    """Left-join labels onto candidate rows; rows without an event in the window get zeros."""
-    label_cols = [c for c in labels.columns if c not in (C.USER, C.ITEM)]
-    return candidates.join(labels, on=[C.USER, C.ITEM], how="left").with_columns(
-        pl.col(c).fill_null(0) for c in label_cols
+    """Left-join labels onto candidate rows, keeping their order; rows without an event in the
+    window get zeros. Only the keys are joined: the (wide) feature columns are not copied."""
+    keys = [C.USER, C.ITEM]
+    label_cols = [c for c in labels.columns if c not in keys]
+    joined = (
+        candidates.select(keys)
+        .join(labels, on=keys, how="left", maintain_order="left")
+        .with_columns(pl.col(c).fill_null(0) for c in label_cols)
     )
+    if joined.height != candidates.height:
+        raise ValueError("labels must hold at most one row per (user, item)")
+    return candidates.hstack(joined.drop(keys).get_columns())

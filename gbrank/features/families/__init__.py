@@ -1,0 +1,1 @@
+"""The feature families, one module each; :mod:`gbrank.features.registry` lists them."""
