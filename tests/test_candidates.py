@@ -18,16 +18,20 @@ from gbrank.candidates import (
     CANDIDATE_SCHEMA,
     SOURCE_KINDS,
     ALSSource,
+    BPRSource,
     CandidateSource,
+    CoVisitationSource,
     HistorySource,
     ItemKNNSource,
     PopularitySource,
+    RepurchaseSource,
+    SegmentPopularitySource,
     build_source,
     union_candidates,
 )
 from gbrank.candidates._scoring import top_k_dense, top_k_sparse
 from gbrank.candidates.base import rank_candidates
-from gbrank.columns import EVENT, EVENT_CODE, ITEM, N_SOURCES, RANK, SCORE, TS, USER
+from gbrank.columns import EVENT, EVENT_CODE, ITEM, N_SOURCES, RANK, SCORE, SESSION, TS, USER
 from gbrank.errors import ConfigError, DataError, NotFittedError
 
 VIEW, CLICK, CART, PURCHASE = (EVENT_CODE[e] for e in ("view", "click", "cart", "purchase"))
@@ -40,6 +44,8 @@ class Dataset:
     n_users: int
     n_items: int
     k: int
+    items: pl.DataFrame | None = None  # item attributes: item, category
+    users: pl.DataFrame | None = None  # user attributes: user, segment
 
     @property
     def warm_users(self) -> set[int]:
@@ -82,9 +88,28 @@ TINY_ROWS = [
 TINY_POPULAR = [2, 3, 0]
 
 
+# Categories a (items 0, 1), b (2, 3), c (4); item 5 has none. Segments x (users 0-2 and the
+# cold user 5), y (users 3, 4). One session per user and day.
+TINY_ITEMS = pl.DataFrame(
+    {ITEM: [0, 1, 2, 3, 4], "category": ["a", "a", "b", "b", "c"]},
+    schema_overrides={ITEM: pl.Int32},
+)
+TINY_USERS = pl.DataFrame(
+    {USER: [0, 1, 2, 3, 4, 5], "segment": ["x", "x", "x", "y", "y", "x"]},
+    schema_overrides={USER: pl.Int32},
+)
+
+
+def with_sessions(history: pl.DataFrame) -> pl.DataFrame:
+    """Add a ``session`` column: one session per user and calendar day."""
+    day = pl.col(TS).dt.epoch("d")
+    return history.with_columns((pl.col(USER).cast(pl.Int64) * 100_000 + day).alias(SESSION))
+
+
 @cache
 def tiny() -> Dataset:
-    return Dataset(make_history(TINY_ROWS), n_users=6, n_items=6, k=4)
+    history = with_sessions(make_history(TINY_ROWS))
+    return Dataset(history, n_users=6, n_items=6, k=4, items=TINY_ITEMS, users=TINY_USERS)
 
 
 @cache
@@ -102,7 +127,11 @@ def medium() -> Dataset:
             EVENT: rng.choice(4, n_events, p=[0.8, 0.12, 0.05, 0.03]).astype(np.int8),
         }
     ).with_columns(pl.col(TS).cast(pl.Datetime("ms")))
-    return Dataset(history, n_users=300, n_items=200, k=10)
+    # Seven categories; items 185.. have none. Three segments; users 295.. have none (so some
+    # cold users have a segment and some do not).
+    items = pl.DataFrame({ITEM: np.arange(185, dtype=np.int32), "category": np.arange(185) % 7})
+    users = pl.DataFrame({USER: np.arange(295, dtype=np.int32), "segment": np.arange(295) % 3})
+    return Dataset(with_sessions(history), n_users=300, n_items=200, k=10, items=items, users=users)
 
 
 DATASETS: dict[str, Callable[[], Dataset]] = {"tiny": tiny, "medium": medium}
@@ -117,11 +146,46 @@ CASES: dict[str, Callable[[], CandidateSource]] = {
     "itemknn_bm25": lambda: ItemKNNSource(similarity="bm25"),
     "itemknn_tfidf": lambda: ItemKNNSource(similarity="tfidf"),
     "itemknn_keep_seen": lambda: ItemKNNSource(filter_seen=False),
+    "popularity_decay": lambda: PopularitySource(window_days=None, half_life_days=3),
+    "bpr": lambda: BPRSource(factors=8, iterations=20),
+    "bpr_keep_seen": lambda: BPRSource(factors=8, iterations=20, filter_seen=False),
+    "covisit": lambda: CoVisitationSource(),
+    "covisit_session_exp": lambda: CoVisitationSource(
+        scope="session", time_weight="exp", normalize="popularity", filter_seen=True
+    ),
+    "covisit_buy2buy": lambda: CoVisitationSource(
+        src_events=["cart", "purchase"],
+        dst_events=["cart", "purchase"],
+        max_gap_hours=math.inf,
+        event_weights=[1, 1, 1, 1],
+    ),
+    "covisit_forward_linear_chunked": lambda: CoVisitationSource(
+        src_events=["click", "view"],
+        max_gap_hours=None,
+        max_position_gap=3,
+        direction="forward",
+        time_weight="linear",
+        recency_half_life_days=None,
+        memory_budget_mb=0.05,  # about 300 pairs per chunk
+    ),
+    "segment_category": lambda: SegmentPopularitySource(),
+    "segment_category_keep_seen": lambda: SegmentPopularitySource(
+        window_days=7, half_life_days=None, filter_seen=False
+    ),
+    "segment_user": lambda: SegmentPopularitySource(segment="user_segment"),
+    "repurchase": lambda: RepurchaseSource(),
 }
 
 
 def fit(source: CandidateSource, data: Dataset) -> CandidateSource:
-    return source.fit(data.history, n_users=data.n_users, n_items=data.n_items, as_of=AS_OF)
+    return source.fit(
+        data.history,
+        n_users=data.n_users,
+        n_items=data.n_items,
+        as_of=AS_OF,
+        items=data.items,
+        users=data.users,
+    )
 
 
 @dataclass(frozen=True)
@@ -188,10 +252,18 @@ class TestSourceConformance:
     def test_cold_users(self, run: Run) -> None:
         served = set(run.out[USER].unique().to_list())
         cold = set(run.users.tolist()) - run.data.warm_users
-        if isinstance(run.source, PopularitySource):
+        source = run.source
+        if isinstance(source, PopularitySource):
             assert cold <= served  # warm users may have seen every popular item (tiny user 1)
             lists = run.out.filter(pl.col(USER).is_in(sorted(cold))).group_by(USER).agg(ITEM)
             assert lists[ITEM].n_unique() == 1  # one global list for everyone without history
+        elif isinstance(source, SegmentPopularitySource) and source.segment == "user_segment":
+            # Cold users with a known segment get their segment's list; the others nothing.
+            assert run.data.users is not None
+            with_segment = set(run.data.users[USER].to_list())
+            assert served & cold == cold & with_segment
+            lists = run.out.filter(pl.col(USER).is_in(sorted(cold))).group_by(USER).agg(ITEM)
+            assert lists[ITEM].n_unique() <= run.data.users["segment"].n_unique()
         else:
             assert not served & cold
 
@@ -275,8 +347,18 @@ class TestKnownAnswers:
             lambda: ItemKNNSource(similarity="cosine"),
             lambda: ItemKNNSource(similarity="bm25", filter_seen=False),
             lambda: ItemKNNSource(similarity="tfidf"),
+            lambda: BPRSource(factors=8, iterations=20),
+            lambda: BPRSource(factors=8, iterations=20, filter_seen=False),
         ],
-        ids=["als", "als_keep_seen", "itemknn_cosine", "itemknn_bm25_keep_seen", "itemknn_tfidf"],
+        ids=[
+            "als",
+            "als_keep_seen",
+            "itemknn_cosine",
+            "itemknn_bm25_keep_seen",
+            "itemknn_tfidf",
+            "bpr",
+            "bpr_keep_seen",
+        ],
     )
     def test_scores_match_implicits_recommend(self, make: Callable[[], CandidateSource]) -> None:
         # Guards the batched scoring (matrix orientation, seen and cold-item filtering) that
@@ -284,7 +366,10 @@ class TestKnownAnswers:
         source, data = fit(make(), medium()), medium()
         users = np.array(sorted(data.warm_users))  # implicit also answers for cold users
         ours = source.generate(users, data.k)
-        filter_items = getattr(source, "cold_items_", None)
+        interacted = np.bincount(source.user_items_.indices, minlength=data.n_items)  # type: ignore[attr-defined]
+        filter_items = (
+            None if isinstance(source, ItemKNNSource) else np.flatnonzero(interacted == 0)
+        )
         ids, scores = source.model_.recommend(  # type: ignore[attr-defined]
             users,
             source.user_items_[users],  # type: ignore[attr-defined]
@@ -313,6 +398,15 @@ def brute_top_k(batch: np.ndarray, dense: np.ndarray, k: int, floor: float) -> l
     return sorted(out)
 
 
+def brute_top_k_ordered(batch: np.ndarray, dense: np.ndarray, k: int) -> list[tuple]:
+    """Best k finite entries per row in output order: user, score descending, item."""
+    out = []
+    for row, user in enumerate(batch.tolist()):
+        kept = sorted((-v, item) for item, v in enumerate(dense[row].tolist()) if v > -np.inf)
+        out += [(user, item, -neg) for neg, item in kept[:k]]
+    return out
+
+
 class TestTopK:
     """The vectorised per-row top-k used by ALS and item-kNN, against a Python sort."""
 
@@ -328,6 +422,23 @@ class TestTopK:
             users, items, values = top_k_dense(batch, scores.copy(), k)
             got = sorted(zip(users.tolist(), items.tolist(), values.tolist(), strict=True))
             assert got == expected
+
+    @pytest.mark.parametrize("seed", range(5))
+    def test_dense_wide_rows_use_the_prefilter(self, seed: int) -> None:
+        # Rows of at least 32 k items go through the group-maximum prefilter: ties at the cut,
+        # -inf (seen, cold) entries, rows with fewer than k finite entries, all -inf rows.
+        rng = np.random.default_rng(100 + seed)
+        for _ in range(15):
+            n_rows, k = int(rng.integers(1, 9)), int(rng.integers(1, 12))
+            n_items = int(rng.integers(32 * k + 16, 40 * k + 200))
+            scores = rng.integers(0, 6, (n_rows, n_items)).astype(np.float32)  # many ties
+            scores[rng.random(scores.shape) < rng.random()] = -np.inf
+            scores[0, : n_items - int(rng.integers(0, 2 * k))] = -np.inf  # few finite entries
+            batch = np.arange(n_rows) * 2 + 1
+            users, items, values = top_k_dense(batch, scores.copy(), k)
+            got = list(zip(users.tolist(), items.tolist(), values.tolist(), strict=True))
+            # Compared in order: by user, then score descending, then item code.
+            assert got == brute_top_k_ordered(batch, scores, k)
 
     @pytest.mark.parametrize("seed", range(5))
     def test_sparse_with_ties_and_exclusions(self, seed: int) -> None:
@@ -491,6 +602,22 @@ class TestBuildSource:
             ("popularity", {"window_days": -1}, "window_days must be a number > 0"),
             ("popularity", {"filter_seen": "yes"}, "filter_seen must be true or false"),
             ("history", {"event_weights": [1, 0, 4, 8]}, "event_weights must be 4 positive"),
+            ("popularity", {"half_life_days": 0}, "half_life_days must be a number > 0"),
+            ("bpr", {"learning_rate": 0}, "learning_rate must be a number > 0"),
+            ("bpr", {"factors": -2}, "factors must be an integer > 0"),
+            ("covisit", {"scope": "page"}, "scope must be one of user, session"),
+            ("covisit", {"src_events": ["buy"]}, "src_events must be a non-empty list"),
+            ("covisit", {"dst_events": []}, "dst_events must be a non-empty list"),
+            ("covisit", {"time_weight": "log"}, "time_weight must be one of none, linear, exp"),
+            ("covisit", {"max_position_gap": 1.5}, "max_position_gap must be an integer > 0"),
+            ("covisit", {"max_gap_hours": 0}, "max_gap_hours must be a number > 0"),
+            ("covisit", {"linear_max": 0.5}, "linear_max must be >= 1"),
+            ("covisit", {"normalize": "bm25"}, "normalize must be one of none, popularity"),
+            ("covisit", {"memory_budget_mb": 0}, "memory_budget_mb must be a number > 0"),
+            ("segment_popularity", {"segment": "brand"}, "segment must be one of category"),
+            ("segment_popularity", {"segment_column": ""}, "segment_column must be a column"),
+            ("repurchase", {"min_repeats": 0}, "min_repeats must be an integer > 0"),
+            ("repurchase", {"purchase_events": "purchase"}, "purchase_events must be a non-empty"),
         ],
     )
     def test_invalid_values(self, kind: str, params: dict[str, object], message: str) -> None:

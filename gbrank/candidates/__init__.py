@@ -20,9 +20,13 @@ from gbrank.candidates.base import (
     CandidateSource,
     union_candidates,
 )
+from gbrank.candidates.bpr import BPRSource
+from gbrank.candidates.covisit import CoVisitationSource
 from gbrank.candidates.history import HistorySource
 from gbrank.candidates.itemknn import ItemKNNSource
 from gbrank.candidates.popularity import PopularitySource
+from gbrank.candidates.repurchase import RepurchaseSource
+from gbrank.candidates.segment_popularity import SegmentPopularitySource
 from gbrank.errors import ConfigError
 
 __all__ = [
@@ -30,10 +34,14 @@ __all__ = [
     "EVENT_WEIGHTS",
     "SOURCE_KINDS",
     "ALSSource",
+    "BPRSource",
     "CandidateSource",
+    "CoVisitationSource",
     "HistorySource",
     "ItemKNNSource",
     "PopularitySource",
+    "RepurchaseSource",
+    "SegmentPopularitySource",
     "build_source",
     "union_candidates",
 ]
@@ -43,6 +51,10 @@ SOURCE_KINDS: dict[str, type[CandidateSource]] = {
     "history": HistorySource,
     "als": ALSSource,
     "itemknn": ItemKNNSource,
+    "bpr": BPRSource,
+    "covisit": CoVisitationSource,
+    "segment_popularity": SegmentPopularitySource,
+    "repurchase": RepurchaseSource,
 }
 
 

@@ -1,4 +1,4 @@
-"""Batched scoring shared by the sources built on ``implicit`` models (ALS, item-kNN).
+"""Batched scoring shared by the sources built on ``implicit`` models (ALS, BPR, item-kNN).
 
 implicit fits the models; scoring is done here with one matrix product and one vectorised top-k
 per batch of users. implicit's own ``recommend`` filters seen items (ALS) or scores users
@@ -13,8 +13,8 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from gbrank.candidates.base import empty_candidates, event_weight_expr, rank_candidates
-from gbrank.columns import ITEM, SCORE, USER
+from gbrank.candidates.base import empty_candidates, event_weight_expr
+from gbrank.columns import ITEM, RANK, SCORE, USER
 
 #: Scores (users x items) held at once per batch: 2**24 float32 = 64 MB.
 BATCH_CELLS = 1 << 24
@@ -35,16 +35,20 @@ def interaction_matrix(
     return matrix.astype(np.float32)
 
 
-def warm_user_batches(users: np.ndarray, user_items: sp.csr_matrix) -> Iterator[np.ndarray]:
+def warm_user_batches(
+    users: np.ndarray, user_items: sp.csr_matrix, *, n_columns: int | None = None
+) -> Iterator[np.ndarray]:
     """Batches of the ``users`` that have at least one interaction in ``user_items``.
 
     Users outside the matrix or without history get no candidates: their factors or neighbour
-    sums carry no information about them.
+    sums carry no information about them. A batch holds at most ``BATCH_CELLS`` scores of
+    ``n_columns`` items each (default: every item of ``user_items``).
     """
     n_users, n_items = user_items.shape
     users = users[users < n_users]
     users = users[np.diff(user_items.indptr)[users] > 0]
-    size = max(1, min(MAX_BATCH_USERS, BATCH_CELLS // max(n_items, 1)))
+    width = n_items if n_columns is None else n_columns
+    size = max(1, min(MAX_BATCH_USERS, BATCH_CELLS // max(width, 1)))
     for start in range(0, users.size, size):
         yield users[start : start + size]
 
@@ -55,10 +59,77 @@ def top_k_dense(
     """The best ``k`` finite entries of each row of a dense ``len(batch) x items`` block.
 
     Excluded items are expected as ``-inf``; equal scores go to the smaller item code. Returns
-    flat ``(user, item, score)`` arrays.
+    flat ``(user, item, score)`` arrays sorted by row, then score descending, then item code.
+    """
+    n_rows, n_items = scores.shape
+    if n_items // _GROUP <= 2 * k:
+        positions, best = _top_k_exact(scores, k)
+        items = positions
+    else:
+        columns, survivors = _survivors(scores, k)
+        positions, best = _top_k_exact(survivors, k)
+        items = np.take_along_axis(columns, positions, axis=1)
+    keep = np.isfinite(best)
+    return np.repeat(batch, best.shape[1])[keep.ravel()], items[keep], best[keep]
+
+
+#: Columns per group in the prefilter of ``top_k_dense``.
+_GROUP = 16
+
+
+def _survivors(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's entries that can be in its top ``k``, packed left: ``(columns, scores)``.
+
+    A full partial sort of every row (``argpartition``) costs several times the matrix product
+    that made the scores. Instead the columns are cut into groups (column ``j`` goes to group
+    ``j mod n_groups``) and each group's maximum is taken, a fast reduction over contiguous
+    memory. The k-th largest group maximum is at most the k-th largest entry (the maxima of k
+    groups are k distinct entries), so every entry of the true top k, ties at the cut included,
+    is >= it. Typically only a little over ``k`` entries per row pass, in item order; rows with
+    fewer are padded with ``-inf``.
+    """
+    n_rows, n_items = scores.shape
+    n_groups = n_items // _GROUP
+    # A view of the first n_groups * _GROUP columns as (rows, _GROUP, n_groups); reshaping
+    # the column slice would copy the whole block whenever some columns are left over.
+    row_stride, column_stride = scores.strides
+    grouped = np.lib.stride_tricks.as_strided(
+        scores,
+        shape=(n_rows, _GROUP, n_groups),
+        strides=(row_stride, n_groups * column_stride, column_stride),
+        writeable=False,
+    )
+    group_max = grouped.max(axis=1)
+    if n_groups * _GROUP < n_items:  # the leftover columns join group 0
+        np.maximum(group_max[:, 0], scores[:, n_groups * _GROUP :].max(axis=1), out=group_max[:, 0])
+    cut = np.partition(group_max, n_groups - k, axis=1)[:, n_groups - k]
+    # -inf marks excluded items: never let them through, even when a row has fewer than k
+    # finite entries.
+    cut = np.maximum(cut, np.finfo(scores.dtype).min)
+    flat = np.flatnonzero(scores >= cut[:, None])  # row-major: rows, then columns ascending
+    rows = flat // n_items
+    counts = np.bincount(rows, minlength=n_rows)
+    slot = np.arange(flat.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    width = max(int(counts.max()), 1)
+    packed = np.full((n_rows, width), -np.inf, dtype=scores.dtype)
+    packed[rows, slot] = scores.ravel()[flat]
+    columns = np.zeros((n_rows, width), dtype=np.int64)
+    columns[rows, slot] = flat - rows * n_items
+    return columns, packed
+
+
+def _top_k_exact(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions and values of each row's best ``k`` entries, ties to the smaller position.
+
+    Rows come back sorted by score descending, then position; ``-inf`` entries sort last.
     """
     n_rows, n_items = scores.shape
     n = min(k, n_items)
+    if n_items <= 4 * k:
+        # Narrow rows (the prefilter's survivors): a stable sort of the whole row settles ties
+        # by position directly and costs less than a partial sort followed by the tie repair.
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :n]
+        return order, np.take_along_axis(scores, order, axis=1)
     items = np.argpartition(scores, n_items - n, axis=1)[:, -n:]
     best = np.take_along_axis(scores, items, axis=1)
     # argpartition picks any of the items that tie with the n-th best score. Rows where such a
@@ -79,8 +150,12 @@ def top_k_dense(
         order = np.argsort(picked_row, kind="stable")
         items[rows] = picked_item[order].reshape(rows.size, n)
         best[rows] = np.take_along_axis(block, items[rows], axis=1)
-    keep = np.isfinite(best)
-    return np.repeat(batch, n)[keep.ravel()], items[keep], best[keep]
+    # Order each row by position, then stably by score descending.
+    by_position = np.argsort(items, axis=1)
+    items = np.take_along_axis(items, by_position, axis=1)
+    best = np.take_along_axis(best, by_position, axis=1)
+    order = np.argsort(-best, axis=1, kind="stable")
+    return np.take_along_axis(items, order, axis=1), np.take_along_axis(best, order, axis=1)
 
 
 def top_k_sparse(
@@ -114,15 +189,69 @@ def top_k_sparse(
 def candidates_from_parts(
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], k: int
 ) -> pl.DataFrame:
-    """Concatenate per-batch ``(user, item, score)`` arrays into a ranked candidate frame."""
+    """Concatenate per-batch ``(user, item, score)`` arrays into a ranked candidate frame.
+
+    Each part must be sorted by user, then score descending, then item code, with at most
+    ``k`` rows per user, and the parts must follow each other in user order, as
+    ``top_k_dense`` and ``top_k_sparse`` over ``warm_user_batches`` produce them. The ranks are
+    then the positions within each user, with no sort of the whole frame.
+    """
     if not parts:
         return empty_candidates()
     users, items, scores = (np.concatenate(column) for column in zip(*parts, strict=True))
-    scored = pl.DataFrame(
+    if users.size == 0:
+        return empty_candidates()
+    starts = np.flatnonzero(np.diff(users, prepend=users[0] - 1))
+    counts = np.diff(starts, append=users.size)
+    ranks = np.arange(1, users.size + 1) - np.repeat(starts, counts)
+    if np.any(np.diff(users) < 0) or ranks.max() > k:
+        raise RuntimeError("candidate parts must come in user order, at most k per user")
+    return pl.DataFrame(
         {
-            USER: users.astype(np.int32),
-            ITEM: items.astype(np.int32),
-            SCORE: scores.astype(np.float32),
+            USER: users.astype(np.int32, copy=False),
+            ITEM: items.astype(np.int32, copy=False),
+            SCORE: scores.astype(np.float32, copy=False),
+            RANK: ranks.astype(np.int32),
         }
     )
-    return rank_candidates(scored, k)
+
+
+def factor_candidates(
+    users: np.ndarray,
+    k: int,
+    *,
+    user_factors: np.ndarray,
+    item_factors: np.ndarray,
+    user_items: sp.csr_matrix,
+    filter_seen: bool,
+) -> pl.DataFrame:
+    """Top ``k`` items by ``user_factors[u] @ item_factors[i]`` for the warm ``users``.
+
+    Items without any interaction in ``user_items`` are never proposed: their factors are only
+    the random start of the fit. They are left out of the product altogether, which also saves
+    their share of its cost. With ``filter_seen``, each user's items are set to ``-inf``. Call it
+    with BLAS limited as the model's fit was (see ``ALSSource``).
+    """
+    n_items = user_items.shape[1]
+    interacted = np.bincount(user_items.indices, minlength=n_items) > 0
+    warm_items = np.flatnonzero(interacted).astype(np.int32)  # int32 parts concatenate as is
+    column_of = np.full(n_items, -1, dtype=np.int64)
+    column_of[warm_items] = np.arange(warm_items.size)
+    # Contiguous float32 copies: a transposed view or float64 would slow every product down.
+    warm_factors = np.ascontiguousarray(item_factors[warm_items], dtype=np.float32)
+    user_factors = np.asarray(user_factors, dtype=np.float32)
+    parts = []
+    buffer = None
+    for batch in warm_user_batches(users, user_items, n_columns=warm_items.size):
+        # One score buffer for all batches: a fresh 64 MB block per batch would be mapped and
+        # zeroed by the kernel page by page, a fifth of the product's own time.
+        if buffer is None:
+            buffer = np.empty((batch.size, warm_items.size), dtype=np.float32)
+        scores = np.matmul(user_factors[batch], warm_factors.T, out=buffer[: batch.size])
+        if filter_seen:
+            seen = user_items[batch]
+            rows = np.repeat(np.arange(batch.size), np.diff(seen.indptr))
+            scores[rows, column_of[seen.indices]] = -np.inf  # seen items are all warm
+        users_, columns, values = top_k_dense(batch, scores, k)
+        parts.append((users_, warm_items[columns], values))
+    return candidates_from_parts(parts, k)

@@ -10,12 +10,7 @@ import polars as pl
 from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
 
-from gbrank.candidates._scoring import (
-    candidates_from_parts,
-    interaction_matrix,
-    top_k_dense,
-    warm_user_batches,
-)
+from gbrank.candidates._scoring import factor_candidates, interaction_matrix
 from gbrank.candidates.base import EVENT_WEIGHTS, CandidateSource, require_positive
 
 
@@ -85,7 +80,16 @@ class ALSSource(CandidateSource):
         require_positive(self.seed, "seed", integer=True, zero=True)
         require_positive(self.num_threads, "num_threads", integer=True, zero=True)
 
-    def _fit(self, history: pl.DataFrame, *, n_users: int, n_items: int, as_of: datetime) -> None:
+    def _fit(
+        self,
+        history: pl.DataFrame,
+        *,
+        n_users: int,
+        n_items: int,
+        as_of: datetime,
+        items: pl.DataFrame | None,
+        users: pl.DataFrame | None,
+    ) -> None:
         self.user_items_ = interaction_matrix(
             history, n_users=n_users, n_items=n_items, event_weights=self.event_weights
         )
@@ -105,15 +109,12 @@ class ALSSource(CandidateSource):
         self.model_ = model
 
     def _generate(self, users: np.ndarray, k: int) -> pl.DataFrame:
-        user_factors, item_factors = self.model_.user_factors, self.model_.item_factors
-        parts = []
         with threadpool_limits(1, "blas"):
-            for batch in warm_user_batches(users, self.user_items_):
-                scores = user_factors[batch] @ item_factors.T
-                if self.filter_seen:
-                    seen = self.user_items_[batch]
-                    rows = np.repeat(np.arange(batch.size), np.diff(seen.indptr))
-                    scores[rows, seen.indices] = -np.inf
-                scores[:, self.cold_items_] = -np.inf
-                parts.append(top_k_dense(batch, scores, k))
-        return candidates_from_parts(parts, k)
+            return factor_candidates(
+                users,
+                k,
+                user_factors=self.model_.user_factors,
+                item_factors=self.model_.item_factors,
+                user_items=self.user_items_,
+                filter_seen=self.filter_seen,
+            )

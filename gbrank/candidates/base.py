@@ -48,6 +48,7 @@ CANDIDATE_SCHEMA: dict[str, pl.DataType] = {
 }
 
 _INT32_MAX = np.iinfo(np.int32).max
+MS_PER_DAY = 86_400_000
 _MAX_SOURCES = 64  # one bit per source in the union's pattern matrix
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9_\-]+$")
 
@@ -69,11 +70,30 @@ class CandidateSource(ABC):
     name: str
     event_weights: Sequence[float]
 
-    def fit(self, history: pl.DataFrame, *, n_users: int, n_items: int, as_of: datetime) -> Self:
-        """Learn from ``history`` (coded events, all strictly before ``as_of``); returns self."""
+    def fit(
+        self,
+        history: pl.DataFrame,
+        *,
+        n_users: int,
+        n_items: int,
+        as_of: datetime,
+        items: pl.DataFrame | None = None,
+        users: pl.DataFrame | None = None,
+    ) -> Self:
+        """Learn from ``history`` (coded events, all strictly before ``as_of``); returns self.
+
+        ``items`` and ``users`` are optional coded attribute tables: a column ``item`` (or
+        ``user``) of codes plus attributes such as ``category`` (or ``segment``). Sources that
+        do not use attributes ignore them; those that do raise ``DataError`` when a table or
+        column they need is missing.
+        """
         self.check_params()
         check_history(history, n_users=n_users, n_items=n_items, as_of=as_of)
-        self._fit(history, n_users=n_users, n_items=n_items, as_of=as_of)
+        if items is not None:
+            check_attributes(items, ITEM, n_items, "items")
+        if users is not None:
+            check_attributes(users, USER, n_users, "users")
+        self._fit(history, n_users=n_users, n_items=n_items, as_of=as_of, items=items, users=users)
         self.n_users_ = n_users
         self.n_items_ = n_items
         self.as_of_ = as_of
@@ -119,7 +139,16 @@ class CandidateSource(ABC):
         return f"{type(self).__name__}({args})"
 
     @abstractmethod
-    def _fit(self, history: pl.DataFrame, *, n_users: int, n_items: int, as_of: datetime) -> None:
+    def _fit(
+        self,
+        history: pl.DataFrame,
+        *,
+        n_users: int,
+        n_items: int,
+        as_of: datetime,
+        items: pl.DataFrame | None,
+        users: pl.DataFrame | None,
+    ) -> None:
         """Set the learned state (attributes ending in ``_``); inputs are already validated."""
 
     @abstractmethod
@@ -181,6 +210,85 @@ def check_history(history: pl.DataFrame, *, n_users: int, n_items: int, as_of: d
             column=TS,
             fix="filter history to ts < as_of before fitting",
         )
+
+
+def check_attributes(table: pl.DataFrame, code: str, n_codes: int, what: str) -> None:
+    """Check an ``items`` or ``users`` attribute table: one row per code in ``[0, n_codes)``."""
+    if code not in table.columns:
+        raise DataError(
+            f"the {what} table lacks its code column {code!r} (it has {table.columns})",
+            fix=f"pass the coded {what} table",
+        )
+    if not table.schema[code].is_integer():
+        raise DataError(f"{what} codes must be integers, got {table.schema[code]}", column=code)
+    codes = table[code]
+    if codes.null_count():
+        raise DataError(f"{codes.null_count()} null {what} code(s)", column=code)
+    if table.height and (codes.min() < 0 or codes.max() >= n_codes):  # type: ignore[operator]
+        bad = table.filter((pl.col(code) < 0) | (pl.col(code) >= n_codes))[code]
+        raise DataError(f"{what} codes must lie in [0, {n_codes})", column=code, values=bad.head(5))
+    if codes.is_duplicated().any():
+        bad = table.filter(codes.is_duplicated())[code].unique().sort()
+        raise DataError(f"the {what} table has several rows per code", column=code, values=bad)
+
+
+def attribute_column(
+    table: pl.DataFrame | None, code: str, column: str, *, what: str, needed_by: str
+) -> pl.DataFrame:
+    """``code, column`` rows of an attribute table, nulls dropped; ``DataError`` if missing.
+
+    ``needed_by`` names the source and the config key that asked for the column, so that the
+    message says what to change.
+    """
+    if table is None:
+        raise DataError(
+            f"{needed_by} needs the {what} table (column {column!r}), but none was given",
+            fix=f"configure the {what} table or pick another setting",
+        )
+    if column not in table.columns:
+        raise DataError(
+            f"{needed_by} needs column {column!r} in the {what} table, which has "
+            f"{[c for c in table.columns if c != code]}",
+            column=column,
+            fix="add the column or name an existing one",
+        )
+    return table.select(pl.col(code).cast(pl.Int32), column).drop_nulls(column)
+
+
+def event_codes(names: Sequence[str], parameter: str) -> list[int]:
+    """Codes of event type names (``"view"``, ...); ``ValueError`` naming ``parameter``."""
+    _require(
+        isinstance(names, (Sequence, np.ndarray))
+        and not isinstance(names, str)
+        and len(names) > 0
+        and all(name in EVENT_TYPES for name in names),
+        f"{parameter} must be a non-empty list of event types from {', '.join(EVENT_TYPES)}, "
+        f"got {names!r}",
+    )
+    return sorted({EVENT_TYPES.index(name) for name in names})
+
+
+def require_choice(value: Any, choices: Sequence[str], name: str) -> None:
+    """Parameter check: ``value`` is one of ``choices``."""
+    _require(value in choices, f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def require_optional_positive(value: Any, name: str, *, integer: bool = False) -> None:
+    """Parameter check: ``None`` or ``inf`` (no limit, as TOML can write it) or a number > 0."""
+    if value is None or (_is_number(value) and not integer and value == math.inf):
+        return
+    require_positive(value, name, integer=integer)
+
+
+def decay_expr(as_of: datetime, half_life_days: float | None) -> pl.Expr:
+    """Float64 weight ``0.5 ** (age_days / half_life_days)`` of each row (1 without a half-life).
+
+    Infinite ``half_life_days`` is the same as none: no decay.
+    """
+    if half_life_days is None or half_life_days == math.inf:
+        return pl.lit(1.0, dtype=pl.Float64)
+    age_days = (pl.lit(as_of) - pl.col(TS)).dt.total_milliseconds() / MS_PER_DAY
+    return pl.lit(0.5).pow(age_days / half_life_days)
 
 
 def as_user_codes(users: np.ndarray | pl.Series | Sequence[int]) -> np.ndarray:

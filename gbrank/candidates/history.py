@@ -11,13 +11,12 @@ import polars as pl
 from gbrank.candidates.base import (
     EVENT_WEIGHTS,
     CandidateSource,
+    decay_expr,
     event_weight_expr,
     rank_candidates,
     require_positive,
 )
-from gbrank.columns import ITEM, RANK, SCORE, TS, USER
-
-_MS_PER_DAY = 86_400_000
+from gbrank.columns import ITEM, RANK, SCORE, USER
 
 
 class HistorySource(CandidateSource):
@@ -59,11 +58,17 @@ class HistorySource(CandidateSource):
         super().check_params()
         require_positive(self.half_life_days, "half_life_days")
 
-    def _fit(self, history: pl.DataFrame, *, n_users: int, n_items: int, as_of: datetime) -> None:
-        age_days = (pl.lit(as_of) - pl.col(TS)).dt.total_milliseconds() / _MS_PER_DAY
-        decayed = event_weight_expr(self.event_weights) * pl.lit(0.5).pow(
-            age_days / self.half_life_days
-        )
+    def _fit(
+        self,
+        history: pl.DataFrame,
+        *,
+        n_users: int,
+        n_items: int,
+        as_of: datetime,
+        items: pl.DataFrame | None,
+        users: pl.DataFrame | None,
+    ) -> None:
+        decayed = event_weight_expr(self.event_weights) * decay_expr(as_of, self.half_life_days)
         scored = history.lazy().group_by(USER, ITEM).agg(decayed.sum().alias(SCORE))
         # Rank every pair once; generate only filters by user and rank.
         self.ranked_ = rank_candidates(scored, None)

@@ -85,7 +85,16 @@ class ItemKNNSource(CandidateSource):
             raise ValueError(f"bm25_b must be <= 1, got {self.bm25_b!r}")
         require_positive(self.num_threads, "num_threads", integer=True, zero=True)
 
-    def _fit(self, history: pl.DataFrame, *, n_users: int, n_items: int, as_of: datetime) -> None:
+    def _fit(
+        self,
+        history: pl.DataFrame,
+        *,
+        n_users: int,
+        n_items: int,
+        as_of: datetime,
+        items: pl.DataFrame | None,
+        users: pl.DataFrame | None,
+    ) -> None:
         self.user_items_ = interaction_matrix(
             history, n_users=n_users, n_items=n_items, event_weights=self.event_weights
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
@@ -11,8 +12,9 @@ import polars as pl
 from gbrank.candidates.base import (
     EVENT_WEIGHTS,
     CandidateSource,
+    decay_expr,
     event_weight_expr,
-    require_positive,
+    require_optional_positive,
 )
 from gbrank.columns import ITEM, RANK, SCORE, TS, USER
 
@@ -21,14 +23,17 @@ _N_SEEN = "_n_seen"
 
 
 class PopularitySource(CandidateSource):
-    """Weighted event counts over the last ``window_days`` before ``as_of``.
+    """Weighted event counts over the last ``window_days`` before ``as_of``, optionally decayed.
 
     Serves every user, cold ones included, which makes it the fallback for users the
     personalised sources know nothing about.
 
     Parameters:
-        window_days: length of the counting window; ``None`` counts the whole history. When the
-            window holds no event, the whole history is used instead.
+        window_days: length of the counting window; ``None`` or ``inf`` counts the whole
+            history. When the window holds no event, the whole history is used instead.
+        half_life_days: when set, each event counts ``0.5 ** (age_days / half_life_days)``
+            times its weight, a smooth alternative (or complement) to the hard window; ``None``
+            or ``inf`` means no decay.
         filter_seen: drop, per user, the items that user interacted with in the history.
         event_weights: weight of each event type (view, click, cart, purchase) in the count.
 
@@ -50,28 +55,36 @@ class PopularitySource(CandidateSource):
         *,
         name: str = "popularity",
         window_days: float | None = 7,
+        half_life_days: float | None = None,
         filter_seen: bool = True,
         event_weights: Sequence[float] = EVENT_WEIGHTS,
     ) -> None:
         self.name = name
         self.window_days = window_days
+        self.half_life_days = half_life_days
         self.filter_seen = filter_seen
         self.event_weights = event_weights
 
     def check_params(self) -> None:
         super().check_params()
-        if self.window_days is not None:
-            require_positive(self.window_days, "window_days")
+        require_optional_positive(self.window_days, "window_days")
+        require_optional_positive(self.half_life_days, "half_life_days")
 
-    def _fit(self, history: pl.DataFrame, *, n_users: int, n_items: int, as_of: datetime) -> None:
-        recent = history
-        if self.window_days is not None:
-            recent = history.filter(pl.col(TS) >= as_of - timedelta(days=self.window_days))
-            if recent.height == 0:  # e.g. a quiet shop or a short window: better stale than none
-                recent = history
+    def _fit(
+        self,
+        history: pl.DataFrame,
+        *,
+        n_users: int,
+        n_items: int,
+        as_of: datetime,
+        items: pl.DataFrame | None,
+        users: pl.DataFrame | None,
+    ) -> None:
+        recent = window(history, as_of, self.window_days)
+        weight = event_weight_expr(self.event_weights) * decay_expr(as_of, self.half_life_days)
         self.ranking_ = (
             recent.group_by(ITEM)
-            .agg(event_weight_expr(self.event_weights).sum().cast(pl.Float32).alias(SCORE))
+            .agg(weight.sum().cast(pl.Float32).alias(SCORE))
             .select(pl.col(ITEM).cast(pl.Int32), SCORE)
             .sort([SCORE, ITEM], descending=[True, False])
             .with_row_index(_POS)
@@ -111,3 +124,15 @@ class PopularitySource(CandidateSource):
             .select(USER, ITEM, SCORE, RANK)
             .collect()
         )
+
+
+def window(history: pl.DataFrame, as_of: datetime, window_days: float | None) -> pl.DataFrame:
+    """The events of the last ``window_days`` before ``as_of`` (all for ``None`` or ``inf``).
+
+    When the window holds no event (a quiet shop, a short window), the whole history is
+    returned: better stale than nothing.
+    """
+    if window_days is None or window_days == math.inf:
+        return history
+    recent = history.filter(pl.col(TS) >= as_of - timedelta(days=window_days))
+    return recent if recent.height else history
