@@ -110,6 +110,23 @@ def _default_sources() -> dict[str, dict[str, Any]]:
         "als": {"kind": "als", "n": 50, "factors": 48, "iterations": 12},
         "itemknn_cosine": {"kind": "itemknn", "n": 50, "similarity": "cosine"},
         "itemknn_bm25": {"kind": "itemknn", "n": 50, "similarity": "bm25"},
+        # Items touched soon after the user's recent items (the strongest single source in
+        # the winning OTTO pipelines), and what is carted or bought with what they bought.
+        "covisit": {
+            "kind": "covisit",
+            "n": 50,
+            "src_events": ["view", "click"],
+            "dst_events": ["click", "cart", "purchase"],
+            "max_gap_hours": 24,
+            "time_weight": "linear",
+        },
+        "covisit_buy2buy": {
+            "kind": "covisit",
+            "n": 30,
+            "src_events": ["cart", "purchase"],
+            "dst_events": ["cart", "purchase"],
+            "max_gap_hours": 336,
+        },
     }
 
 

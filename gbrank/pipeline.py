@@ -153,7 +153,7 @@ def _sources(cfg: Config) -> list[tuple[CandidateSource, Budget]]:
     for name, table in cfg.candidates.sources.items():
         params = {k: v for k, v in table.items() if k != "kind" and k not in BUDGET_KEYS}
         params.setdefault("event_weights", cfg.events.weight_list())
-        if table["kind"] == "als":
+        if table["kind"] in ("als", "bpr"):
             params.setdefault("seed", cfg.run.seed)
         source = build_source(name, table["kind"], params)
         out.append((source, parse_budget(name, table)))
@@ -175,7 +175,14 @@ def source_lists(
     for source, budget in _sources(cfg):
         n = budgets[source.name] if budgets else budget.generate_n
         t0 = time.perf_counter()
-        source.fit(hist, n_users=len(data.users), n_items=len(data.items), as_of=as_of)
+        source.fit(
+            hist,
+            n_users=len(data.users),
+            n_items=len(data.items),
+            as_of=as_of,
+            items=data.item_attrs,
+            users=data.user_attrs,
+        )
         batches = [
             source.generate(users[i : i + cfg.candidates.batch_users], n)
             for i in range(0, len(users), cfg.candidates.batch_users)
@@ -606,7 +613,14 @@ def recommend(cfg: Config, k: int, users_file: str | Path | None = None) -> Reco
     budgets = json.loads(run.require("candidates/budgets.json", "gbrank generate").read_text())
     parts = []
     sources = [
-        s.fit(hist, n_users=len(data.users), n_items=len(data.items), as_of=fold.as_of)
+        s.fit(
+            hist,
+            n_users=len(data.users),
+            n_items=len(data.items),
+            as_of=fold.as_of,
+            items=data.item_attrs,
+            users=data.user_attrs,
+        )
         for s, _ in _sources(cfg)
     ]
     for i in range(0, len(known), cfg.candidates.batch_users):

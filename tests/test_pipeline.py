@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from gbrank import columns as C
 from gbrank import pipeline
 from gbrank.cli import app
-from gbrank.config import Config, load_config
+from gbrank.config import Config, dump_toml, load_config
 from gbrank.data.synth import SynthConfig, synthesize
 
 SHOP = SynthConfig(users=2500, items=800, days=35, seed=3)
@@ -169,15 +169,8 @@ def test_cli_stages_reproduce_python_metrics(
     """The four CLI commands with a config file give the same metrics (same seed)."""
     cfg, results = done
     config = tmp_path / "gbrank.toml"
-    config.write_text(
-        f'[data]\nevents = "{shop / "events.parquet"}"\nitems = "{shop / "items.parquet"}"\n'
-        f'[run]\nworkspace = "{tmp_path / "ws"}"\n'
-        '[candidates.sources.popularity]\nkind = "popularity"\nn = 50\nwindow_days = 7\n'
-        '[candidates.sources.history]\nkind = "history"\nn = 50\nhalf_life_days = 14\n'
-        '[candidates.sources.als]\nkind = "als"\nn = 50\nfactors = 48\niterations = 8\n'
-        '[candidates.sources.itemknn_cosine]\nkind = "itemknn"\nn = 50\nsimilarity = "cosine"\n'
-        '[candidates.sources.itemknn_bm25]\nkind = "itemknn"\nn = 50\nsimilarity = "bm25"\n'
-    )
+    # The same settings as the Python run, written as TOML, in another workspace.
+    config.write_text(dump_toml(make_config(shop, tmp_path / "ws")))
     runner = CliRunner()
     for stage in ("generate", "features", "train", "eval"):
         result = runner.invoke(app, [stage, "--config", str(config)])
