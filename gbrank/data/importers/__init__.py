@@ -120,6 +120,25 @@ def find_file(src: Path, names: tuple[str, ...], what: str) -> Path:
     raise MissingInputError(f"{what} not found: {src}")
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (Polars errors run to many lines)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def collect(frame: pl.LazyFrame, paths: Path | list[Path], fix: str) -> pl.DataFrame:
+    """``frame.collect()``, with a parse failure turned into a DataError naming the files."""
+    files = paths if isinstance(paths, list) else [paths]
+    try:
+        return frame.collect()
+    except pl.exceptions.PolarsError as exc:
+        raise DataError(
+            f"cannot parse: {first_line(exc)}",
+            file=", ".join(str(p) for p in files),
+            fix=fix,
+        ) from exc
+
+
 def check_columns(frame: pl.DataFrame, needed: tuple[str, ...], path: Path) -> None:
     missing = [c for c in needed if c not in frame.columns]
     if missing:

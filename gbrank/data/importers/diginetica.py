@@ -20,7 +20,7 @@ import polars as pl
 from polars.datatypes import DataType
 
 from gbrank import columns as C
-from gbrank.data.importers import Imported, ImportOptions, check_columns
+from gbrank.data.importers import Imported, ImportOptions, check_columns, collect, first_line
 from gbrank.errors import DataError, MissingInputError
 
 VIEWS = "train-item-views.csv"
@@ -167,26 +167,11 @@ def _scan(path: Path, schema: Mapping[str, PolarsDataType]) -> pl.LazyFrame:
     try:
         header = pl.read_csv(path, separator=SEP, n_rows=0)
     except (pl.exceptions.PolarsError, OSError) as exc:
-        raise DataError(f"cannot read: {_first_line(exc)}", file=str(path)) from exc
+        raise DataError(f"cannot read: {first_line(exc)}", file=str(path)) from exc
     check_columns(header, tuple(schema), path)
     return pl.scan_csv(
         path, separator=SEP, infer_schema=False, schema_overrides=schema, null_values=["NA"]
     ).select(list(schema))
-
-
-def _collect(frame: pl.LazyFrame, path: Path) -> pl.DataFrame:
-    try:
-        return frame.collect()
-    except pl.exceptions.PolarsError as exc:
-        raise DataError(
-            f"cannot parse: {_first_line(exc)}",
-            file=str(path),
-            fix="check that this is the DIGINETICA file as published (semicolon-separated)",
-        ) from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def _events(raw: str) -> list[pl.Expr]:
@@ -237,3 +222,11 @@ def _items(folder: Path) -> tuple[pl.DataFrame | None, list[str], list[str]]:
     if items.is_empty():  # an empty table would not load
         return None, [*notes, "no item attributes"], sources
     return items.sort(C.RAW_ITEM), notes, sources
+
+
+def _collect(frame: pl.LazyFrame, paths: Path | list[Path]) -> pl.DataFrame:
+    return collect(
+        frame,
+        paths,
+        fix="check that this is the DIGINETICA file as published (semicolon-separated)",
+    )

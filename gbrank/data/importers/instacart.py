@@ -26,7 +26,7 @@ import polars as pl
 from polars.datatypes import DataType
 
 from gbrank import columns as C
-from gbrank.data.importers import Imported, ImportOptions, check_columns
+from gbrank.data.importers import Imported, ImportOptions, check_columns, collect, first_line
 from gbrank.errors import DataError, MissingInputError
 
 ORDERS = "orders.csv"
@@ -72,15 +72,11 @@ def read(src: Path, options: ImportOptions) -> Imported:
     return _read_folder(src, options)
 
 
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-
-
 def _header(path: Path) -> list[str]:
     try:
         return pl.read_csv(path, n_rows=0).columns
     except (pl.exceptions.PolarsError, OSError) as exc:
-        raise DataError(f"cannot read: {_first_line(exc)}", file=str(path)) from exc
+        raise DataError(f"cannot read: {first_line(exc)}", file=str(path)) from exc
 
 
 def _scan(
@@ -95,17 +91,6 @@ def _scan(
         extra["eval_set"] = pl.String
     typed: dict[str, PolarsDataType] = {**schema, **extra}
     return pl.scan_csv(path, infer_schema=False, schema_overrides=typed).select(list(typed))
-
-
-def _collect(frame: pl.LazyFrame, paths: list[Path]) -> pl.DataFrame:
-    try:
-        return frame.collect()
-    except pl.exceptions.PolarsError as exc:
-        raise DataError(
-            f"cannot parse: {_first_line(exc)}",
-            file=", ".join(str(p) for p in paths),
-            fix="check that these are the Instacart files as published",
-        ) from exc
 
 
 def _clock(orders: pl.LazyFrame) -> pl.LazyFrame:
@@ -311,3 +296,7 @@ def _items(folder: Path) -> tuple[pl.DataFrame | None, list[str], list[str]]:
         "department_id" + (" (and their names)" if len(sources) > 1 else "")
     ]
     return items.sort(C.RAW_ITEM), notes, sources
+
+
+def _collect(frame: pl.LazyFrame, paths: Path | list[Path]) -> pl.DataFrame:
+    return collect(frame, paths, fix="check that these are the Instacart files as published")

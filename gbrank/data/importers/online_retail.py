@@ -19,7 +19,7 @@ import polars as pl
 from polars.datatypes import DataType
 
 from gbrank import columns as C
-from gbrank.data.importers import Imported, ImportOptions
+from gbrank.data.importers import Imported, ImportOptions, first_line
 from gbrank.errors import ConfigError, DataError, MissingInputError
 
 # Names the dataset is published under, tried in this order when SRC is a folder.
@@ -192,7 +192,7 @@ def _read_raw(path: Path) -> tuple[pl.LazyFrame, list[str]]:
         try:
             names = scan.collect_schema().names()
         except (pl.exceptions.ComputeError, pl.exceptions.NoDataError, OSError) as exc:
-            raise DataError(f"cannot read as CSV: {_first_line(exc)}", file=str(path)) from exc
+            raise DataError(f"cannot read as CSV: {first_line(exc)}", file=str(path)) from exc
         return _select(scan, _resolve(names, path)), []
     try:
         import fastexcel  # noqa: F401
@@ -204,7 +204,7 @@ def _read_raw(path: Path) -> tuple[pl.LazyFrame, list[str]]:
     try:
         sheets = pl.read_excel(path, sheet_id=0, engine="calamine", infer_schema_length=0)
     except Exception as exc:  # fastexcel raises its own exception types
-        raise DataError(f"cannot read the workbook: {_first_line(exc)}", file=str(path)) from exc
+        raise DataError(f"cannot read the workbook: {first_line(exc)}", file=str(path)) from exc
     frames = []
     for sheet, frame in sheets.items():
         if frame.width == 0 or frame.height == 0:
@@ -217,10 +217,6 @@ def _read_raw(path: Path) -> tuple[pl.LazyFrame, list[str]]:
     if len(sheets) > 1:
         notes.append(f"read {len(frames)} sheets: {', '.join(repr(s) for s in sheets)}")
     return pl.concat(frames, how="vertical"), notes
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def _numeric(name: str, dtype: PolarsDataType) -> pl.Expr:
@@ -252,7 +248,7 @@ def _normalise(raw: pl.LazyFrame, path: Path) -> pl.DataFrame:
     try:
         lines = plan.collect()
     except pl.exceptions.PolarsError as exc:
-        raise DataError(f"cannot read: {_first_line(exc)}", file=str(path)) from exc
+        raise DataError(f"cannot read: {first_line(exc)}", file=str(path)) from exc
     checks = (
         ("quantity", "_quantity", COLUMNS["quantity"], "numbers"),
         ("price", "_price", COLUMNS["price"], "numbers"),

@@ -26,7 +26,7 @@ import polars as pl
 from polars.datatypes import DataType
 
 from gbrank import columns as C
-from gbrank.data.importers import Imported, ImportOptions, check_columns
+from gbrank.data.importers import Imported, ImportOptions, check_columns, collect, first_line
 from gbrank.data.importers.diginetica import limit_sessions
 from gbrank.errors import DataError, MissingInputError
 
@@ -76,10 +76,6 @@ def read(src: Path, options: ImportOptions) -> Imported:
     )
 
 
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-
-
 def _head(path: Path) -> str:
     try:
         with open(path, encoding="utf-8", errors="replace") as fh:
@@ -90,17 +86,6 @@ def _head(path: Path) -> str:
 
 def _is_prepared(path: Path) -> bool:
     return "\t" in _head(path)
-
-
-def _collect(frame: pl.LazyFrame, paths: list[Path]) -> pl.DataFrame:
-    try:
-        return frame.collect()
-    except pl.exceptions.PolarsError as exc:
-        raise DataError(
-            f"cannot parse: {_first_line(exc)}",
-            file=", ".join(str(p) for p in paths),
-            fix="check that this is the YOOCHOOSE file as published",
-        ) from exc
 
 
 # --------------------------------------------------------------------------- challenge files
@@ -282,7 +267,7 @@ def _read_prepared(paths: list[Path], options: ImportOptions, notes: list[str]) 
         try:
             header = pl.read_csv(path, separator="\t", n_rows=0)
         except (pl.exceptions.PolarsError, OSError) as exc:
-            raise DataError(f"cannot read: {_first_line(exc)}", file=str(path)) from exc
+            raise DataError(f"cannot read: {first_line(exc)}", file=str(path)) from exc
         check_columns(header, tuple(PREPARED_SCHEMA), path)
         scan = pl.scan_csv(
             path, separator="\t", infer_schema=False, schema_overrides=PREPARED_SCHEMA
@@ -336,3 +321,7 @@ def _read_prepared(paths: list[Path], options: ImportOptions, notes: list[str]) 
         notes=notes,
         source_files=[str(p) for p in paths],
     )
+
+
+def _collect(frame: pl.LazyFrame, paths: Path | list[Path]) -> pl.DataFrame:
+    return collect(frame, paths, fix="check that this is the YOOCHOOSE file as published")
