@@ -5,7 +5,7 @@ Each dataset is imported with ``gbrank data import`` into a temporary folder, th
 other key at its default. Prints NDCG@10 and Recall@20 of the ranker and of each source for
 each target that has positives, plus the wall time of each stage and the peak RSS.
 
-    python bench/real_data.py --data ../shared/data
+    python bench/real_data.py --data /path/to/datasets
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def run_one(name: str, fmt: str, src: Path, work: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--data", type=Path, required=True, help="folder holding the samples")
     parser.add_argument("--only", nargs="*", default=None, help="dataset names to run")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="gbrank_real_") as tmp:
