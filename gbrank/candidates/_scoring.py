@@ -7,13 +7,17 @@ per batch of users. implicit's own ``recommend`` filters seen items (ALS) or sco
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import Any
 
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
 
-from gbrank.candidates.base import empty_candidates, event_weight_expr
+from gbrank.candidates.base import CandidateSource, empty_candidates, event_weight_expr
 from gbrank.columns import ITEM, RANK, SCORE, USER
 
 #: Scores (users x items) held at once per batch: 2**24 float32 = 64 MB.
@@ -255,3 +259,47 @@ def factor_candidates(
         users_, columns, values = top_k_dense(batch, scores, k)
         parts.append((users_, warm_items[columns], values))
     return candidates_from_parts(parts, k)
+
+
+class FactorModelSource(CandidateSource):
+    """Shared fit/score of the implicit matrix-factorisation sources (ALS, BPR).
+
+    Subclasses build their unfitted implicit model in ``_make_model``; fitting and scoring run
+    with BLAS pinned to one thread, as implicit advises (its solvers run their own threads).
+    """
+
+    filter_seen: bool
+
+    @abstractmethod
+    def _make_model(self) -> Any:
+        """The unfitted implicit model with this source's parameters."""
+
+    def _fit(
+        self,
+        history: pl.DataFrame,
+        *,
+        n_users: int,
+        n_items: int,
+        as_of: datetime,
+        items: pl.DataFrame | None,
+        users: pl.DataFrame | None,
+    ) -> None:
+        self.user_items_ = interaction_matrix(
+            history, n_users=n_users, n_items=n_items, event_weights=self.event_weights
+        )
+        # The model is built inside the limit too: implicit checks the BLAS threads on __init__.
+        with threadpool_limits(1, "blas"):
+            model = self._make_model()
+            model.fit(self.user_items_, show_progress=False)
+        self.model_ = model
+
+    def _generate(self, users: np.ndarray, k: int) -> pl.DataFrame:
+        with threadpool_limits(1, "blas"):
+            return factor_candidates(
+                users,
+                k,
+                user_factors=self.model_.user_factors,
+                item_factors=self.model_.item_factors,
+                user_items=self.user_items_,
+                filter_seen=self.filter_seen,
+            )

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 
-import numpy as np
-import polars as pl
 from implicit.cpu.als import AlternatingLeastSquares
-from threadpoolctl import threadpool_limits
 
-from gbrank.candidates._scoring import factor_candidates, interaction_matrix
-from gbrank.candidates.base import EVENT_WEIGHTS, CandidateSource, require_positive
+from gbrank.candidates._scoring import FactorModelSource
+from gbrank.candidates.base import EVENT_WEIGHTS, require_positive
 
 
-class ALSSource(CandidateSource):
+class ALSSource(FactorModelSource):
     """Top items by the dot product of ALS user and item factors.
 
     The model is fitted on the users x items confidence matrix ``alpha * sum(weight(event))``.
@@ -36,6 +32,7 @@ class ALSSource(CandidateSource):
         event_weights: weight of each event type (view, click, cart, purchase).
 
     >>> from datetime import datetime
+    >>> import polars as pl
     >>> history = pl.DataFrame(
     ...     {"user": [0, 0, 1], "item": [0, 1, 0], "event": [0, 0, 0],
     ...      "ts": [datetime(2024, 1, 30)] * 3},
@@ -80,41 +77,12 @@ class ALSSource(CandidateSource):
         require_positive(self.seed, "seed", integer=True, zero=True)
         require_positive(self.num_threads, "num_threads", integer=True, zero=True)
 
-    def _fit(
-        self,
-        history: pl.DataFrame,
-        *,
-        n_users: int,
-        n_items: int,
-        as_of: datetime,
-        items: pl.DataFrame | None,
-        users: pl.DataFrame | None,
-    ) -> None:
-        self.user_items_ = interaction_matrix(
-            history, n_users=n_users, n_items=n_items, event_weights=self.event_weights
+    def _make_model(self) -> AlternatingLeastSquares:
+        return AlternatingLeastSquares(
+            factors=self.factors,
+            regularization=self.regularization,
+            alpha=self.alpha,
+            iterations=self.iterations,
+            random_state=self.seed,
+            num_threads=self.num_threads,
         )
-        item_counts = np.bincount(self.user_items_.indices, minlength=n_items)
-        self.cold_items_ = np.flatnonzero(item_counts == 0).astype(np.int32)
-        # The model is built inside the limit too: implicit checks the BLAS threads on __init__.
-        with threadpool_limits(1, "blas"):
-            model = AlternatingLeastSquares(
-                factors=self.factors,
-                regularization=self.regularization,
-                alpha=self.alpha,
-                iterations=self.iterations,
-                random_state=self.seed,
-                num_threads=self.num_threads,
-            )
-            model.fit(self.user_items_, show_progress=False)
-        self.model_ = model
-
-    def _generate(self, users: np.ndarray, k: int) -> pl.DataFrame:
-        with threadpool_limits(1, "blas"):
-            return factor_candidates(
-                users,
-                k,
-                user_factors=self.model_.user_factors,
-                item_factors=self.model_.item_factors,
-                user_items=self.user_items_,
-                filter_seen=self.filter_seen,
-            )

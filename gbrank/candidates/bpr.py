@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 
-import numpy as np
-import polars as pl
 from implicit.cpu.bpr import BayesianPersonalizedRanking
-from threadpoolctl import threadpool_limits
 
-from gbrank.candidates._scoring import factor_candidates, interaction_matrix
-from gbrank.candidates.base import EVENT_WEIGHTS, CandidateSource, require_positive
+from gbrank.candidates._scoring import FactorModelSource
+from gbrank.candidates.base import EVENT_WEIGHTS, require_positive
 
 
-class BPRSource(CandidateSource):
+class BPRSource(FactorModelSource):
     """Top items by the dot product of BPR user and item factors (item bias included).
 
     BPR learns, by stochastic gradient descent, to score each user's items above items drawn
@@ -44,6 +40,7 @@ class BPRSource(CandidateSource):
         event_weights: accepted for uniformity; BPR only sees which pairs interacted.
 
     >>> from datetime import datetime
+    >>> import polars as pl
     >>> history = pl.DataFrame(
     ...     {"user": [0, 0, 1], "item": [0, 1, 0], "event": [0, 0, 0],
     ...      "ts": [datetime(2024, 1, 30)] * 3},
@@ -88,20 +85,8 @@ class BPRSource(CandidateSource):
         require_positive(self.seed, "seed", integer=True, zero=True)
         require_positive(self.num_threads, "num_threads", integer=True, zero=True)
 
-    def _fit(
-        self,
-        history: pl.DataFrame,
-        *,
-        n_users: int,
-        n_items: int,
-        as_of: datetime,
-        items: pl.DataFrame | None,
-        users: pl.DataFrame | None,
-    ) -> None:
-        self.user_items_ = interaction_matrix(
-            history, n_users=n_users, n_items=n_items, event_weights=self.event_weights
-        )
-        model = BayesianPersonalizedRanking(
+    def _make_model(self) -> BayesianPersonalizedRanking:
+        return BayesianPersonalizedRanking(
             factors=self.factors,
             learning_rate=self.learning_rate,
             regularization=self.regularization,
@@ -109,17 +94,3 @@ class BPRSource(CandidateSource):
             num_threads=self.num_threads,
             random_state=self.seed,
         )
-        with threadpool_limits(1, "blas"):
-            model.fit(self.user_items_, show_progress=False)
-        self.model_ = model
-
-    def _generate(self, users: np.ndarray, k: int) -> pl.DataFrame:
-        with threadpool_limits(1, "blas"):
-            return factor_candidates(
-                users,
-                k,
-                user_factors=self.model_.user_factors,
-                item_factors=self.model_.item_factors,
-                user_items=self.user_items_,
-                filter_seen=self.filter_seen,
-            )
