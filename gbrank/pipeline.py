@@ -534,15 +534,7 @@ def evaluate(cfg: Config) -> EvalResult:
     run = open_run(cfg)
     frame = pl.read_parquet(run.require("features/eval.parquet", "gbrank features"))
     labels = pl.read_parquet(run.require("labels/eval.parquet", "gbrank generate"))
-    ranker = (
-        LightGBMRanker.load(run.file(EVAL_MODEL))
-        if run.file(EVAL_MODEL + ".txt").exists()
-        else None
-    )
-    if ranker is None:
-        raise MissingInputError(
-            f"{run.file(EVAL_MODEL + '.txt')} does not exist: run `gbrank train` first"
-        )
+    ranker = LightGBMRanker.load(run.file(EVAL_MODEL))
     k_max = max(cfg.eval.ks)
     scored = frame.with_columns(pl.Series("_ranker", ranker.predict(frame)))
     lists = {RANKER: top_k(scored, "_ranker", k_max)}
