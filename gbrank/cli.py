@@ -6,6 +6,7 @@ import functools
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -13,8 +14,29 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from gbrank import __version__
+from gbrank.atomic import check_table_suffix, io_error
 from gbrank.config import DEFAULT_CONFIG_FILE, Config, dump_toml, load_config
-from gbrank.errors import EXIT_INTERNAL, GbrankError
+from gbrank.errors import EXIT_INTERNAL, GbrankError, GbrankWarning
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+def _flags_show_no_type() -> None:
+    """Typer prints a flag as ``--list <bool>``, which reads as if it took a value."""
+    from typer.core import TyperOption
+
+    display = getattr(TyperOption, "display_type_rich", None)
+    if display is None or getattr(display, "_gbrank", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else display(self, ctx)
+
+    display_type_rich._gbrank = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_show_no_type()
 
 app = typer.Typer(
     name="gbrank",
@@ -23,9 +45,14 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings=CONTEXT,
 )
-data_app = typer.Typer(help="Load, check and synthesize event data.", no_args_is_help=True)
-config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
+data_app = typer.Typer(
+    help="Load, check and synthesize event data.", no_args_is_help=True, context_settings=CONTEXT
+)
+config_app = typer.Typer(
+    help="Inspect the configuration.", no_args_is_help=True, context_settings=CONTEXT
+)
 app.add_typer(data_app, name="data")
 app.add_typer(config_app, name="config")
 
@@ -58,16 +85,36 @@ def _echo(text: str = "") -> None:
     typer.echo(text)
 
 
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    typer.echo(f"warning: {message}", err=True)
+
+
 def handle_errors(func: F) -> F:
-    """Turn library errors into a one-line message and the documented exit code."""
+    """Turn library errors into a one-line message and the documented exit code; print
+    gbrank's warnings as ``warning: ...`` lines on stderr."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        shown = warnings.showwarning
         try:
-            return func(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.simplefilter("always", GbrankWarning)
+                warnings.showwarning = _show_warning
+                return func(*args, **kwargs)
         except GbrankError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:  # reading or writing the disk: the path and the errno text
+            error = io_error(getattr(exc, "filename", None) or "a file", exc, "read or write")
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(error.exit_code) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
@@ -75,6 +122,8 @@ def handle_errors(func: F) -> F:
             traceback.print_exc()
             typer.echo("error: internal error (see the traceback above)", err=True)
             raise typer.Exit(EXIT_INTERNAL) from None
+        finally:
+            warnings.showwarning = shown
 
     return wrapper  # type: ignore[return-value]
 
@@ -152,18 +201,26 @@ def data_validate(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     ts_unit: Annotated[
-        str | None, typer.Option(help="Force the timestamp unit: s, ms or datetime.")
+        str | None, typer.Option(help="Force the timestamp unit: s, ms, us, ns or datetime.")
     ] = None,
 ) -> None:
-    """Load and check events against the data contract; print a summary or the errors."""
-    from gbrank.data.io import load_events
+    """Check the events (and the items and users tables of the config) against the data
+    contract and the folds; print a summary, the tables' id coverage, or the errors."""
+    from gbrank.data.io import Coverage
+    from gbrank.pipeline import load_inputs
 
     overrides = list(set_ or [])
     if ts_unit:
         overrides.append(f"data.ts_unit={_toml_str(ts_unit)}")
     cfg = resolve_config(config, overrides, events=events)
-    loaded = load_events(cfg.data)
-    _echo("\n".join(loaded.summary.lines()))
+    coverage: list[Coverage] = []
+    inputs = load_inputs(cfg, coverage)
+    _echo("\n".join(inputs.loaded.summary.lines()))
+    for cov in coverage:
+        _echo(cov.line())
+    for name in ("train", "eval"):
+        fold = inputs.folds[name]
+        _echo(f"{name + ' fold':<11} as_of {fold.as_of}, labels until {fold.label_end}")
     _echo("ok: the events follow the data contract")
 
 
@@ -317,8 +374,7 @@ def recommend(
     """Top-K items per user at the end of the data (raw ids, score, rank)."""
     from gbrank import pipeline
 
-    if out.suffix.lower() not in (".parquet", ".pq", ".csv"):
-        raise typer.BadParameter("--out must end in .parquet or .csv", param_hint="--out")
+    check_table_suffix(out, "--out")  # a usage error (exit 2) before any work
     cfg = resolve_config(config, set_, workspace)
     result = pipeline.recommend(cfg, k, users)
     path = pipeline.save_recommendations(result, out)

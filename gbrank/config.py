@@ -71,7 +71,11 @@ class DataConfig:
     items: str = ""
     users: str = ""
     format: str = "auto"  # auto | parquet | csv | jsonl | otto
-    ts_unit: str = "auto"  # auto | s | ms | datetime
+    ts_unit: str = "auto"  # auto | s | ms | us | ns | datetime
+    # How raw ids are read: "auto" keeps the type a typed file gives (Parquet, JSON numbers)
+    # and reads text files' ids as text, so "00123" and "123" stay two ids; "string" makes every
+    # id text; "int" requires integers and refuses ids that would merge ("00123" and "123").
+    id_dtype: str = "auto"
     duplicates: str = "keep"  # keep | drop (exact duplicate rows)
     allow_future: bool = False
     columns: ColumnsConfig = field(default_factory=ColumnsConfig)
@@ -365,7 +369,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("folds.horizon_days must be at least 1")
     choices = {
         "data.format": (cfg.data.format, ("auto", "parquet", "csv", "jsonl", "otto")),
-        "data.ts_unit": (cfg.data.ts_unit, ("auto", "s", "ms", "datetime")),
+        "data.ts_unit": (cfg.data.ts_unit, ("auto", "s", "ms", "us", "ns", "datetime")),
+        "data.id_dtype": (cfg.data.id_dtype, ("auto", "string", "int")),
         "data.duplicates": (cfg.data.duplicates, ("keep", "drop")),
         "train.backend": (cfg.train.backend, ("lightgbm",)),
     }
@@ -389,7 +394,22 @@ def validate(cfg: Config) -> Config:
         if "kind" not in params:
             raise ConfigError(f"candidates.sources.{name}: missing key 'kind'")
         parse_budget(name, params)
+    _check_sources(cfg)
+    from gbrank.rankers.lightgbm import check_params
+
+    check_params(cfg.train.params, "train.params")
     return cfg
+
+
+def _check_sources(cfg: Config) -> None:
+    """Build every configured source (kind, parameter names and values are checked), so a typo
+    fails before any data is read."""
+    from gbrank.budgets import BUDGET_KEYS
+    from gbrank.candidates import build_source
+
+    for name, table in cfg.candidates.sources.items():
+        params = {k: v for k, v in table.items() if k != "kind" and k not in BUDGET_KEYS}
+        build_source(name, str(table["kind"]), params)
 
 
 def load_config(path: str | Path | None, overrides: typing.Iterable[str] = ()) -> Config:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -68,7 +69,20 @@ class MissingInputError(GbrankError):
     exit_code = EXIT_NO_INPUT
 
 
+class StaleArtifactError(MissingInputError):
+    """An artifact exists but was made from other inputs or another config than the stage
+    needs now: the message names the command to rerun."""
+
+
+class DamagedArtifactError(GbrankError):
+    """An artifact's bytes no longer match the hash recorded when it was written."""
+
+    exit_code = EXIT_DATA
+
+
 class WorkspaceIOError(GbrankError):
+    """Reading or writing the workspace failed (permissions, a full disk): path and errno."""
+
     exit_code = EXIT_IO
 
 
@@ -76,3 +90,12 @@ class NotFittedError(GbrankError):
     """A model was used before ``fit``."""
 
     exit_code = EXIT_INTERNAL
+
+
+class GbrankWarning(UserWarning):
+    """Something looks wrong but need not be: the message names the fix."""
+
+
+def warn(message: str) -> None:
+    """Emit a :class:`GbrankWarning` (the CLI prints it as ``warning: ...`` on stderr)."""
+    warnings.warn(message, GbrankWarning, stacklevel=2)

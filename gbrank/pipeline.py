@@ -29,17 +29,18 @@ from gbrank.budgets import BUDGET_KEYS, Budget, cap_per_user, choose_n, parse_bu
 from gbrank.candidates import build_source, union_candidates
 from gbrank.candidates.base import CandidateSource
 from gbrank.config import Config, dump_toml
-from gbrank.data.io import Summary, load_events, load_table, resolve_paths
+from gbrank.data.io import Coverage, LoadedEvents, Summary, load_events, load_table, resolve_paths
 from gbrank.data.split import (
     Fold,
     check_fold,
+    check_learnable,
     data_end,
     history,
     label_window,
     make_folds,
 )
 from gbrank.data.vocab import Vocab
-from gbrank.errors import MissingInputError
+from gbrank.errors import DataError, MissingInputError, warn
 from gbrank.features.builders import build_features as _build_features
 from gbrank.features.builders import feature_columns
 from gbrank.features.labels import attach_labels, build_labels, relevant_items
@@ -47,11 +48,12 @@ from gbrank.metrics import candidate_report, metrics_rows, ranking_metrics
 from gbrank.rankers.lightgbm import LightGBMRanker
 from gbrank.runs import (
     Run,
+    Verified,
     atomic_write_json,
     atomic_write_parquet,
     atomic_write_table,
     atomic_write_text,
-    fingerprint,
+    content_fingerprint,
     run_folder,
 )
 
@@ -60,31 +62,76 @@ RANKER = "ranker"  # model name of the two-stage ranker in metrics tables
 EVAL_MODEL = "models/ranker_eval"  # fitted on the train fold, scored on the eval fold
 SERVE_MODEL = "models/ranker_serve"  # fitted on the eval fold, used by recommend
 
+# The config each stage reads ("section" or "section.key"); a stage's record keeps a hash of
+# these, so a later stage refuses artifacts made under another config. Input paths are left
+# out: the data's content fingerprint stands for them.
+STAGE_CONFIG: dict[str, tuple[str, ...]] = {
+    "generate": ("data", "events", "folds", "candidates", "run.seed"),
+    "features": ("features", "events", "run.seed"),
+    "train": ("train", "events", "eval.ks", "run.seed"),
+    "eval": ("eval",),
+}
+INPUT_KEYS = ("events", "items", "users")  # data.<key>: paths, fingerprinted by content
+
+
+def stage_config_hash(cfg: Config, stage: str) -> str:
+    resolved = cfg.to_dict()
+    picked: dict[str, Any] = {}
+    for key in STAGE_CONFIG[stage]:
+        section, _, name = key.partition(".")
+        picked[key] = resolved[section][name] if name else resolved[section]
+    picked["data"] = {k: v for k, v in picked.get("data", {}).items() if k not in INPUT_KEYS}
+    text = json.dumps(picked, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _config_hashes(cfg: Config) -> dict[str, str]:
+    return {stage: stage_config_hash(cfg, stage) for stage in STAGE_CONFIG}
+
 
 def input_fingerprint(cfg: Config) -> str:
-    """Names, sizes and modification times of the input files (cheap: no file is read)."""
-    paths: list[Path] = []
-    for spec, what in ((cfg.data.events, "events"), (cfg.data.items, "items")):
+    """A content hash of the input files (events, items, users): size and sha256 of each,
+    cached by modification time in the workspace, so ``touch`` or a move changes nothing."""
+    paths: list[tuple[str, Path]] = []
+    for what in INPUT_KEYS:
+        spec = getattr(cfg.data, what)
         if spec:
             try:
-                paths += resolve_paths(spec, what)
+                paths += [(what, p) for p in resolve_paths(spec, what)]
             except MissingInputError:
-                paths.append(Path(spec))  # reported by the stage that reads it
-    return fingerprint([p for p in paths if p.exists()])
+                continue  # reported by the stage that reads it
+    workspace = Path(cfg.run.workspace)
+    return content_fingerprint(paths, workspace if workspace.is_dir() else None)
 
 
-def open_run(cfg: Config) -> Run:
+def run_id_for(cfg: Config, fingerprint: str | None = None) -> str:
+    """``run.run_id``, or 12 hex digits over the config (without the workspace and the input
+    paths) and the content of the inputs."""
+    if cfg.run.run_id:
+        return cfg.run.run_id
+    resolved = cfg.to_dict()
+    resolved["run"] = {k: v for k, v in resolved["run"].items() if k not in ("workspace", "run_id")}
+    resolved["data"] = {k: v for k, v in resolved["data"].items() if k not in INPUT_KEYS}
+    text = json.dumps(resolved, sort_keys=True, default=str)
+    fp = fingerprint if fingerprint is not None else input_fingerprint(cfg)
+    return hashlib.sha256(f"{text}|{fp}".encode()).hexdigest()[:12]
+
+
+def open_run(cfg: Config, fingerprint: str | None = None) -> Run:
     """The run folder of this config and these inputs.
 
-    Its name is ``run.run_id`` when set, else a hash of the resolved config and the input
-    files' fingerprint: stage commands run one by one with the same config and data share a
-    folder, and new data (the nightly cron case) starts a new run instead of overwriting one.
+    Its name is ``run.run_id`` when set, else a hash of the config and the content of the input
+    files: stage commands run one by one with the same config and data share a folder, and new
+    data (the nightly cron case) starts a new run instead of overwriting one.
     """
-    run_id = (
-        cfg.run.run_id
-        or hashlib.sha256(f"{cfg.hash()}|{input_fingerprint(cfg)}".encode()).hexdigest()[:12]
-    )
-    return run_folder(cfg.run.workspace, run_id)
+    return run_folder(cfg.run.workspace, run_id_for(cfg, fingerprint))
+
+
+def verify_run(cfg: Config, stage: str) -> tuple[Run, Verified]:
+    """The run folder and the checked records of every stage before ``stage``."""
+    fp = input_fingerprint(cfg)
+    run = open_run(cfg, fp)
+    return run, run.verify(stage, _config_hashes(cfg), fp)
 
 
 # --------------------------------------------------------------------------- data
@@ -100,49 +147,104 @@ class RunData:
     folds: dict[str, Fold]
 
 
-def _load_run_data(run: Run) -> RunData:
-    events = pl.read_parquet(run.require("data/events.parquet", "gbrank generate"))
-    users = Vocab.load(run.require("vocab/users.parquet", "gbrank generate"))
-    items = Vocab.load(run.require("vocab/items.parquet", "gbrank generate"))
-    attrs_path = run.file("data/items.parquet")
-    attrs = pl.read_parquet(attrs_path) if attrs_path.exists() else None
-    user_attrs_path = run.file("data/users.parquet")
-    user_attrs = pl.read_parquet(user_attrs_path) if user_attrs_path.exists() else None
-    folds_meta = json.loads(run.require("folds.json", "gbrank generate").read_text())
+def _read_parquet(verified: Verified, relative: str) -> pl.DataFrame:
+    return pl.read_parquet(verified.path(relative))
+
+
+def _read_json(verified: Verified, relative: str) -> Any:
+    return json.loads(verified.path(relative).read_text())
+
+
+def _load_run_data(verified: Verified) -> RunData:
+    events = _read_parquet(verified, "data/events.parquet")
+    users = Vocab.load(verified.path("vocab/users.parquet"))
+    items = Vocab.load(verified.path("vocab/items.parquet"))
+    attrs = (
+        _read_parquet(verified, "data/items.parquet")
+        if verified.has("data/items.parquet")
+        else None
+    )
+    user_attrs = (
+        _read_parquet(verified, "data/users.parquet")
+        if verified.has("data/users.parquet")
+        else None
+    )
     folds = {
         name: Fold(
             name,
             datetime.fromisoformat(f["as_of"]),
             datetime.fromisoformat(f["label_end"]) - datetime.fromisoformat(f["as_of"]),
         )
-        for name, f in folds_meta.items()
+        for name, f in _read_json(verified, "folds.json").items()
     }
     return RunData(events, users, items, attrs, user_attrs, folds)
 
 
-def ingest(cfg: Config, run: Run) -> tuple[RunData, Summary]:
-    """Load and validate the configured inputs; write coded events and vocabularies."""
+@dataclass
+class Inputs:
+    """The validated inputs of a run, before anything is written."""
+
+    loaded: LoadedEvents
+    item_attrs: pl.DataFrame | None
+    user_attrs: pl.DataFrame | None
+    folds: dict[str, Fold]
+
+
+def load_inputs(cfg: Config, coverage: list[Coverage] | None = None) -> Inputs:
+    """Load and check the configured inputs and folds, writing nothing: every data problem
+    (the data contract, the attribute tables' coverage, folds that leave nothing to learn)
+    is raised here, before a stage touches the run folder."""
     loaded = load_events(cfg.data)
     attrs = None
     if cfg.data.items:
-        attrs = load_table(cfg.data.items, cfg.data.columns.item_id, "items", loaded.items)
+        attrs = load_table(
+            cfg.data.items, cfg.data.columns.item_id, "items", loaded.items, coverage=coverage
+        )
     user_attrs = None
     if cfg.data.users:
-        user_attrs = load_table(cfg.data.users, cfg.data.columns.user_id, "users", loaded.users)
+        user_attrs = load_table(
+            cfg.data.users, cfg.data.columns.user_id, "users", loaded.users, coverage=coverage
+        )
+    check_learnable(loaded.events)
     folds = make_folds(data_end(loaded.events), cfg.folds.horizon_days, cfg.folds.as_of)
     for name in LABELLED_FOLDS:
-        check_fold(loaded.events, folds[name])
+        check_fold(loaded.events, folds[name], cfg.eval.targets)
+    return Inputs(loaded, attrs, user_attrs, folds)
+
+
+GENERATE_INPUTS = [
+    "data/events.parquet",
+    "vocab/users.parquet",
+    "vocab/items.parquet",
+    "folds.json",
+    "config.toml",
+]
+
+
+def ingest(cfg: Config, run: Run, inputs: Inputs) -> tuple[RunData, list[str]]:
+    """Write the coded events, vocabularies, attribute tables and folds of a run."""
+    loaded = inputs.loaded
+    written = list(GENERATE_INPUTS)
     atomic_write_parquet(loaded.events, run.file("data/events.parquet"))
     loaded.users.save(run.file("vocab/users.parquet"))
     loaded.items.save(run.file("vocab/items.parquet"))
-    if attrs is not None:
-        atomic_write_parquet(attrs, run.file("data/items.parquet"))
-    if user_attrs is not None:
-        atomic_write_parquet(user_attrs, run.file("data/users.parquet"))
-    atomic_write_json({k: f.to_dict() for k, f in folds.items()}, run.file("folds.json"))
+    if inputs.item_attrs is not None:
+        atomic_write_parquet(inputs.item_attrs, run.file("data/items.parquet"))
+        written.append("data/items.parquet")
+    if inputs.user_attrs is not None:
+        atomic_write_parquet(inputs.user_attrs, run.file("data/users.parquet"))
+        written.append("data/users.parquet")
+    atomic_write_json({k: f.to_dict() for k, f in inputs.folds.items()}, run.file("folds.json"))
     atomic_write_text(dump_toml(cfg), run.file("config.toml"))
-    data = RunData(loaded.events, loaded.users, loaded.items, attrs, user_attrs, folds)
-    return data, loaded.summary
+    data = RunData(
+        loaded.events,
+        loaded.users,
+        loaded.items,
+        inputs.item_attrs,
+        inputs.user_attrs,
+        inputs.folds,
+    )
+    return data, written
 
 
 # --------------------------------------------------------------------------- candidates
@@ -225,8 +327,13 @@ def generate(cfg: Config) -> GenerateResult:
     """Stage 1: load data, make folds, generate candidates and labels for the train and eval
     folds, and measure each source's candidate recall."""
     t0 = time.perf_counter()
-    run = open_run(cfg)
-    data, summary = ingest(cfg, run)
+    fp = input_fingerprint(cfg)
+    run = open_run(cfg, fp)
+    inputs = load_inputs(cfg)  # every data error is raised before the run folder changes
+    summary = inputs.loaded.summary
+    run.begin_stage("generate")
+    data, outputs = ingest(cfg, run, inputs)
+    del inputs
     reports: list[pl.DataFrame] = []
     seconds: dict[str, dict[str, float]] = {}
     sources = list(cfg.candidates.sources)
@@ -243,6 +350,7 @@ def generate(cfg: Config) -> GenerateResult:
         cands = combine(cfg, frames, budgets)
         atomic_write_parquet(cands, run.file(f"candidates/{name}.parquet"))
         atomic_write_parquet(labels, run.file(f"labels/{name}.parquet"))
+        outputs += [f"candidates/{name}.parquet", f"labels/{name}.parquet"]
         for target in cfg.eval.targets:
             report = candidate_report(cands, relevant_items(labels, target), sources)
             reports.append(
@@ -262,12 +370,20 @@ def generate(cfg: Config) -> GenerateResult:
         "candidates_per_user",
     )
     atomic_write_json(recall.to_dicts(), run.file("candidates/recall.json"))
+    outputs += ["candidates/budgets.json", "candidates/recall.json"]
     run.record_stage(
         "generate",
         time.perf_counter() - t0,
         rows=summary.rows,
         source_seconds=seconds,
-        inputs=input_fingerprint(cfg),
+        inputs=fp,
+    )
+    run.finish_stage(
+        "generate",
+        config_hash=stage_config_hash(cfg, "generate"),
+        inputs={},
+        outputs=outputs,
+        data_fingerprint=fp,
     )
     return GenerateResult(run, summary, recall, seconds)
 
@@ -319,15 +435,19 @@ def build_features(cfg: Config) -> FeaturesResult:
     from gbrank.runs import atomic_path
 
     t0 = time.perf_counter()
-    run = open_run(cfg)
-    data = _load_run_data(run)
+    run, verified = verify_run(cfg, "features")
+    data = _load_run_data(verified)
+    for name in LABELLED_FOLDS:  # check every input before the first write
+        verified.path(f"candidates/{name}.parquet")
+        verified.path(f"labels/{name}.parquet")
+    run.begin_stage("features")
     rows: dict[str, int] = {}
     shards: dict[str, int] = {}
     names: list[str] = []
     for name in LABELLED_FOLDS:
         fold = data.folds[name]
-        cands = pl.read_parquet(run.require(f"candidates/{name}.parquet", "gbrank generate"))
-        labels = pl.read_parquet(run.require(f"labels/{name}.parquet", "gbrank generate"))
+        cands = _read_parquet(verified, f"candidates/{name}.parquet")
+        labels = _read_parquet(verified, f"labels/{name}.parquet")
         builder = FeatureBuilder.from_config(
             cfg,
             history(data.events, fold),
@@ -360,6 +480,12 @@ def build_features(cfg: Config) -> FeaturesResult:
     run.record_stage(
         "features", time.perf_counter() - t0, rows=rows, shards=shards, n_features=len(names)
     )
+    run.finish_stage(
+        "features",
+        config_hash=stage_config_hash(cfg, "features"),
+        inputs=verified.hashes(),
+        outputs=[f"features/{name}.parquet" for name in LABELLED_FOLDS],
+    )
     return FeaturesResult(run, rows, names)
 
 
@@ -387,6 +513,26 @@ def training_rows(frame: pl.DataFrame, cfg: Config) -> pl.DataFrame:
         keep = (with_pos[C.GRADE].to_numpy() > 0) | (stable_unit(pair, cfg.run.seed, 1) < rate)
         with_pos = with_pos.filter(pl.Series(keep))
     return with_pos.sort(C.USER, C.ITEM)
+
+
+def check_training_rows(rows: pl.DataFrame, fold: str) -> None:
+    """A DataError when a fold's labelled candidates leave nothing to rank: fewer than two
+    users, or a single relevance grade (all rows equally relevant)."""
+    n_users = rows[C.USER].n_unique()
+    if n_users < 2:
+        raise DataError(
+            f"the {fold} fold has {n_users} user(s) with a labelled candidate; a ranker needs at "
+            "least 2 (groups to learn from and to hold out)",
+            column=C.RAW_USER,
+            fix="use more data, a longer folds.horizon_days, or more candidates per user",
+        )
+    if rows[C.GRADE].n_unique() < 2:
+        raise DataError(
+            f"every labelled candidate of the {fold} fold has the same relevance grade "
+            f"({rows[C.GRADE][0]}): nothing to rank",
+            column=C.RAW_EVENT,
+            fix="check [data.event_map]: clicks, carts or purchases must map to their types",
+        )
 
 
 def validation_mask(users: np.ndarray, cfg: Config) -> np.ndarray:
@@ -428,19 +574,32 @@ class TrainResult:
 def train(cfg: Config) -> TrainResult:
     """Stage 3: lambdarank on the train fold with early stopping on held-out users; then the
     serving model, refit on the eval fold with the same number of trees."""
+    from gbrank.rankers.lightgbm import check_params
+
     t0 = time.perf_counter()
-    run = open_run(cfg)
-    frame = pl.read_parquet(run.require("features/train.parquet", "gbrank features"))
+    check_params(cfg.train.params, "train.params")
+    run, verified = verify_run(cfg, "train")
+    frame = _read_parquet(verified, "features/train.parquet")
+    verified.path("features/eval.parquet")
     features = feature_columns(frame)
     rows = training_rows(frame, cfg)
+    check_training_rows(rows, "train")
     in_valid = pl.Series(validation_mask(rows[C.USER].to_numpy(), cfg))
     train_part, valid_part = rows.filter(~in_valid), rows.filter(in_valid)
+    if valid_part.is_empty() and cfg.train.early_stopping_rounds > 0:
+        warn(
+            f"the train fold has only {rows[C.USER].n_unique()} users with a labelled candidate, "
+            f"too few to hold any out: no early stopping, {cfg.train.num_boost_round} rounds. "
+            "Fix: more data, a longer folds.horizon_days, or train.early_stopping_rounds = 0"
+        )
     ranker = make_ranker(cfg).fit(train_part, features, C.GRADE, valid=valid_part)
-    ranker.save(run.file(EVAL_MODEL))
-
-    serve_frame = pl.read_parquet(run.require("features/eval.parquet", "gbrank features"))
+    del frame, rows
+    serve_rows = training_rows(_read_parquet(verified, "features/eval.parquet"), cfg)
+    check_training_rows(serve_rows, "eval")
     serve = make_ranker(cfg, num_boost_round=ranker.best_iteration_, early_stopping_rounds=0)
-    serve.fit(training_rows(serve_frame, cfg), features, C.GRADE)
+    serve.fit(serve_rows, features, C.GRADE)
+    run.begin_stage("train")
+    ranker.save(run.file(EVAL_MODEL))
     serve.save(run.file(SERVE_MODEL))
     run.record_stage(
         "train",
@@ -448,6 +607,12 @@ def train(cfg: Config) -> TrainResult:
         best_iteration=ranker.best_iteration_,
         train_rows=train_part.height,
         valid_rows=valid_part.height,
+    )
+    run.finish_stage(
+        "train",
+        config_hash=stage_config_hash(cfg, "train"),
+        inputs=verified.hashes(),
+        outputs=[f"{stem}.{ext}" for stem in (EVAL_MODEL, SERVE_MODEL) for ext in ("txt", "json")],
     )
     return TrainResult(
         run,
@@ -531,10 +696,10 @@ def format_recall_table(recall: pl.DataFrame) -> str:
 def evaluate(cfg: Config) -> EvalResult:
     """Stage 4: score the eval fold with the train-fold ranker; compare with every source."""
     t0 = time.perf_counter()
-    run = open_run(cfg)
-    frame = pl.read_parquet(run.require("features/eval.parquet", "gbrank features"))
-    labels = pl.read_parquet(run.require("labels/eval.parquet", "gbrank generate"))
-    ranker = LightGBMRanker.load(run.file(EVAL_MODEL))
+    run, verified = verify_run(cfg, "eval")
+    frame = _read_parquet(verified, "features/eval.parquet")
+    labels = _read_parquet(verified, "labels/eval.parquet")
+    ranker = _load_ranker(verified, EVAL_MODEL)
     k_max = max(cfg.eval.ks)
     scored = frame.with_columns(pl.Series("_ranker", ranker.predict(frame)))
     lists = {RANKER: top_k(scored, "_ranker", k_max)}
@@ -549,12 +714,24 @@ def evaluate(cfg: Config) -> EvalResult:
             rows.extend(metrics_rows(report, model, target))
             users[target] = report.n_users
     metrics = pl.DataFrame(rows)
+    run.begin_stage("eval")
     atomic_write_json(rows, run.file("metrics.json"))
     run.record_stage("eval", time.perf_counter() - t0, users=users)
+    run.finish_stage(
+        "eval",
+        config_hash=stage_config_hash(cfg, "eval"),
+        inputs=verified.hashes(),
+        outputs=["metrics.json"],
+    )
     run.write_manifest(
-        cfg.hash(), cfg.run.seed, {"events": run.progress().get("generate", {}).get("inputs", "")}
+        cfg.hash(), cfg.run.seed, {"data": verified.records["generate"]["data_fingerprint"]}
     )
     return EvalResult(run, metrics, users)
+
+
+def _load_ranker(verified: Verified, stem: str) -> LightGBMRanker:
+    verified.path(f"{stem}.json")
+    return LightGBMRanker.load(verified.path(f"{stem}.txt").with_suffix(""))
 
 
 # --------------------------------------------------------------------------- recommend
@@ -567,15 +744,36 @@ class RecommendResult:
     n_cold: int
 
 
-def _read_user_list(path: Path, vocab: Vocab) -> pl.Series:
-    if not path.exists():
+def read_user_list(path: Path) -> pl.Series:
+    """The user ids of a ``--users`` file: column ``user_id``, else the first column."""
+    if not path.is_file():
         raise MissingInputError(f"users file {path} does not exist")
-    if path.suffix.lower() in (".parquet", ".pq"):
-        frame = pl.read_parquet(path)
-    else:
-        frame = pl.read_csv(path, infer_schema_length=0)  # keep ids as text; cast below
-    col = C.RAW_USER if C.RAW_USER in frame.columns else frame.columns[0]
-    return frame[col].drop_nulls().unique(maintain_order=True)
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            frame = pl.read_parquet(path)
+        else:
+            frame = pl.read_csv(path, infer_schema_length=0)  # keep ids as text; cast below
+    except pl.exceptions.NoDataError:
+        frame = pl.DataFrame()
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise DataError(
+            f"cannot read the users file: {exc}",
+            file=str(path),
+            fix="give a CSV or Parquet file with a user_id column",
+        ) from exc
+    col: str | None = C.RAW_USER if C.RAW_USER in frame.columns else None
+    if col is None and frame.columns:
+        col = frame.columns[0]
+    ids = frame[col].drop_nulls().unique(maintain_order=True) if col else pl.Series([])
+    if ids.is_empty():
+        raise DataError(
+            "the users file holds no user ids",
+            file=str(path),
+            column=col,
+            fix="list one user id per line under a user_id header, or leave out --users to "
+            "recommend for every known user",
+        )
+    return ids
 
 
 def recommend(cfg: Config, k: int, users_file: str | Path | None = None) -> RecommendResult:
@@ -584,12 +782,12 @@ def recommend(cfg: Config, k: int, users_file: str | Path | None = None) -> Reco
     Sources are refit on all events and scored by the serving ranker (fitted on the fold that
     ends at the end of the data). Users unknown to the data get popularity.
     """
-    run = open_run(cfg)
-    data = _load_run_data(run)
-    ranker = LightGBMRanker.load(run.file(SERVE_MODEL))
+    raw = read_user_list(Path(users_file)) if users_file is not None else None
+    run, verified = verify_run(cfg, "eval")  # every stage up to train
+    data = _load_run_data(verified)
+    ranker = _load_ranker(verified, SERVE_MODEL)
     fold = data.folds["inference"]
-    if users_file is not None:
-        raw = _read_user_list(Path(users_file), data.users)
+    if raw is not None:
         codes = data.users.encode(raw)
         known = codes.drop_nulls().unique().sort().to_numpy()
         cold_raw = raw.filter(codes.is_null())
@@ -602,7 +800,7 @@ def recommend(cfg: Config, k: int, users_file: str | Path | None = None) -> Reco
         hist, n_users=len(data.users), n_items=len(data.items), as_of=fold.as_of
     )
     pop_list = popularity.generate(np.array([0], dtype=np.int32), k)[C.ITEM].to_list()
-    budgets = json.loads(run.require("candidates/budgets.json", "gbrank generate").read_text())
+    budgets = _read_json(verified, "candidates/budgets.json")
     parts = []
     sources = [
         s.fit(
@@ -680,6 +878,7 @@ def _fill_to_k(
 
 
 def save_recommendations(result: RecommendResult, out: str | Path) -> Path:
+    """Write the recommendations to ``out`` (.parquet or .csv), atomically."""
     path = Path(out)
     atomic_write_table(result.recs, path)
     return path

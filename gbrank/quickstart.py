@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gbrank import pipeline
+from gbrank.atomic import atomic_write_text
 from gbrank.config import load_config
 from gbrank.data.synth import SynthConfig, synthesize
-from gbrank.runs import atomic_write_text
 
 
 @dataclass

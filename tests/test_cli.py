@@ -84,14 +84,10 @@ def test_csv_with_null_user_ids_exits_65(tmp_path: Path) -> None:
 
 
 def test_stage_before_its_input_exits_66(tmp_path: Path) -> None:
-    for stage, needs in (
-        ("features", "gbrank generate"),
-        ("train", "gbrank features"),
-        ("eval", "gbrank features"),
-    ):
+    for stage in ("features", "train", "eval"):  # the first stage that has not run is named
         result = runner.invoke(app, [stage, "--workspace", str(tmp_path / "ws")])
         assert result.exit_code == 66, (stage, result.output)
-        assert needs in result.output
+        assert "run `gbrank generate` first" in result.output
     rec = runner.invoke(
         app, ["recommend", "--workspace", str(tmp_path / "ws"), "--out", str(tmp_path / "r.csv")]
     )

@@ -14,18 +14,20 @@ Example:
 
 from __future__ import annotations
 
+import csv
 import glob as globlib
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from gbrank import columns as C
 from gbrank.config import DataConfig
 from gbrank.data.vocab import Vocab
-from gbrank.errors import DataError, MissingInputError
+from gbrank.errors import DataError, MissingInputError, warn
 
 SUFFIX_FORMAT = {
     ".parquet": "parquet",
@@ -37,10 +39,20 @@ SUFFIX_FORMAT = {
     ".json": "jsonl",
 }
 
-# Integer timestamps between these bounds read as seconds / milliseconds since the epoch
-# (roughly the years 1990 to 2100); anything else is ambiguous.
+# Timestamps must fall between 1990-01-01 and now (plus a day, or 2100 with
+# data.allow_future): earlier or later ones are a wrong unit or damaged rows. Numbers are
+# read as seconds, milliseconds, microseconds or nanoseconds since the epoch, detected by
+# which unit puts them all in that range.
+EARLIEST = datetime(1990, 1, 1)
+LATEST = datetime(2100, 1, 1)
 _SECONDS = (631_152_000, 4_102_444_800)
-_MILLIS = (_SECONDS[0] * 1000, _SECONDS[1] * 1000)
+UNIT_SCALE = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}  # per second
+UNIT_NAME = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
+
+
+def _fitting_units(lo: float, hi: float) -> list[str]:
+    return [u for u, k in UNIT_SCALE.items() if _SECONDS[0] * k <= lo and hi <= _SECONDS[1] * k]
+
 
 EVENTS_SCHEMA = {
     C.USER: pl.Int32,
@@ -138,13 +150,62 @@ def _detect_format(path: Path, configured: str) -> str:
     return fmt
 
 
-def _read_file(path: Path, fmt: str) -> pl.DataFrame:
+def _csv_separator(path: Path) -> str:
+    return "\t" if path.suffix.lower() == ".tsv" else ","
+
+
+def _csv_header(path: Path) -> list[str]:
+    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+        return next(csv.reader(fh, delimiter=_csv_separator(path)), [])
+
+
+def ragged_lines(path: Path, limit: int = 5) -> tuple[int, list[tuple[int, int]]]:
+    """The header's field count and up to ``limit`` (line number, field count) pairs of lines
+    with another count (the error path only: this reads the file in Python)."""
+    out: list[tuple[int, int]] = []
+    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+        reader = csv.reader(fh, delimiter=_csv_separator(path))
+        width = len(next(reader, []))
+        for row in reader:
+            if row and len(row) != width:
+                out.append((reader.line_num, len(row)))
+                if len(out) >= limit:
+                    break
+    return width, out
+
+
+def _ragged_error(path: Path) -> DataError | None:
+    width, bad = ragged_lines(path)
+    if not bad:
+        return None
+    lines = ", ".join(f"line {n} has {k}" for n, k in bad)
+    return DataError(
+        f"rows with a different number of fields than the header's {width} ({lines})",
+        file=str(path),
+        fix="quote fields that contain the separator, or repair or drop those lines",
+    )
+
+
+def _read_file(path: Path, fmt: str, text_columns: tuple[str, ...] = ()) -> pl.DataFrame:
+    """One input file. CSV columns in ``text_columns`` (the ids) are read as text, never
+    inferred; a CSV whose other columns do not fit the inferred types is read as text too,
+    so the checks can name the values and lines that are wrong."""
     try:
         if fmt == "parquet":
             return pl.read_parquet(path)
         if fmt == "csv":
-            sep = "\t" if path.suffix.lower() == ".tsv" else ","
-            return pl.read_csv(path, separator=sep, infer_schema_length=10_000)
+            header = _csv_header(path)
+            overrides = {c: pl.String for c in text_columns if c in header}
+            sep = _csv_separator(path)
+            try:
+                return pl.read_csv(
+                    path, separator=sep, infer_schema_length=10_000, schema_overrides=overrides
+                )
+            except pl.exceptions.ComputeError:
+                ragged = _ragged_error(path)
+                if ragged is not None:
+                    raise ragged from None
+                return pl.read_csv(path, separator=sep, infer_schema_length=0)
         if fmt == "jsonl":
             return pl.read_ndjson(path)
         if fmt == "otto":
@@ -152,7 +213,17 @@ def _read_file(path: Path, fmt: str) -> pl.DataFrame:
     except (pl.exceptions.ComputeError, pl.exceptions.NoDataError, OSError) as exc:
         if "empty" in str(exc).lower():
             return pl.DataFrame()
-        raise DataError(f"cannot read as {fmt}: {exc}", file=str(path)) from exc
+        raise DataError(
+            f"cannot read as {fmt}: {str(exc).splitlines()[0]}",
+            file=str(path),
+            fix="check that the file is complete and in the format its name says",
+        ) from exc
+    except pl.exceptions.PolarsError as exc:  # e.g. a damaged Parquet footer or page
+        raise DataError(
+            f"cannot read as {fmt}: {str(exc).splitlines()[0]}",
+            file=str(path),
+            fix="check that the file is complete and in the format its name says",
+        ) from exc
     raise DataError(f"unknown format '{fmt}'", file=str(path), fix="set data.format")
 
 
@@ -174,11 +245,13 @@ def _read_otto(path: Path) -> pl.DataFrame:
     )
 
 
-def _read_many(paths: list[Path], fmt: str, what: str) -> tuple[pl.DataFrame, pl.Series]:
+def _read_many(
+    paths: list[Path], fmt: str, what: str, text_columns: tuple[str, ...] = ()
+) -> tuple[pl.DataFrame, pl.Series]:
     """Concatenate files; also return each row's file index, for error messages."""
     frames = []
     for i, p in enumerate(paths):
-        frame = _read_file(p, _detect_format(p, fmt))
+        frame = _read_file(p, _detect_format(p, fmt), text_columns)
         frames.append(frame.with_columns(pl.lit(i, dtype=pl.Int32).alias("__file")))
     nonempty = [f for f in frames if f.width > 1 and f.height > 0]
     if not nonempty:
@@ -205,6 +278,22 @@ class _Checks:
         self.file_index = file_index
         self.errors: list[DataError] = []
 
+    def locate(self, mask: pl.Series, limit: int = 5) -> list[str]:
+        """Where the first rows of ``mask`` are: 'line N' of a CSV (the header is line 1),
+        'row N' otherwise, with the file's name when there are several files."""
+        rows = mask.arg_true().head(limit).to_list()
+        files = self.file_index.to_numpy()
+        starts = {i: int(np.searchsorted(files, i)) for i in set(files[rows].tolist())}
+        out = []
+        for row in rows:
+            i = int(files[row])
+            path = self.paths[i]
+            within = row - starts[i]
+            text = path.suffix.lower() in (".csv", ".tsv")
+            place = f"line {within + 2:,}" if text else f"row {within + 1:,}"
+            out.append(place if len(self.paths) == 1 else f"{path.name} {place}")
+        return out
+
     def file_of(self, mask: pl.Series | None) -> str:
         if mask is None or len(self.paths) == 1:
             return str(self.paths[0]) if len(self.paths) == 1 else f"{len(self.paths)} files"
@@ -215,6 +304,12 @@ class _Checks:
         self.errors.append(DataError(problem, file=self.file_of(mask), column=column, **kw))  # type: ignore[arg-type]
 
     def raise_if_any(self) -> None:
+        if self.errors:  # a ragged CSV line explains nulls and type errors: say so first
+            for path in self.paths:
+                if path.suffix.lower() in (".csv", ".tsv"):
+                    ragged = _ragged_error(path)
+                    if ragged is not None:
+                        self.errors.insert(0, ragged)
         if len(self.errors) == 1:
             raise self.errors[0]
         if self.errors:
@@ -259,6 +354,45 @@ def _select_columns(
     return raw.select(exprs)
 
 
+def _coerce_ids(
+    frame: pl.DataFrame, col: str, raw_name: str, id_dtype: str, checks: _Checks
+) -> pl.DataFrame:
+    """Apply ``data.id_dtype``: text ids stay text ("auto"), every id becomes text
+    ("string"), or text ids are parsed as integers, refusing any two that would merge ("int")."""
+    s = frame[col]
+    if s.dtype == pl.Categorical:
+        s = s.cast(pl.String)
+    if id_dtype == "string" and s.dtype != pl.String and s.dtype.is_integer():
+        s = s.cast(pl.String)
+    elif id_dtype == "int" and s.dtype == pl.String:
+        text = s.str.strip_chars()
+        parsed = text.cast(pl.Int64, strict=False)
+        bad = parsed.is_null() & s.is_not_null()
+        if bad.any():
+            checks.add(
+                f"{int(bad.sum()):,} ids are not integers (at {', '.join(checks.locate(bad))})",
+                raw_name,
+                mask=bad,
+                values=s.filter(bad).unique(maintain_order=True).head(5).to_list(),
+                fix='set data.id_dtype = "auto" to read ids as text',
+            )
+            return frame
+        pairs = pl.DataFrame({"raw": text, "int": parsed}).drop_nulls().unique()
+        clash = pairs.filter(pl.col("int").is_duplicated()).sort("int", "raw")
+        if not clash.is_empty():
+            examples = clash.group_by("int", maintain_order=True).agg("raw").head(5)
+            checks.add(
+                f"{clash['int'].n_unique():,} integer ids are written in more than one way, and "
+                "reading them as integers would merge distinct ids",
+                raw_name,
+                values=[" = ".join(repr(r) for r in raws) for raws in examples["raw"].to_list()],
+                fix='set data.id_dtype = "auto" (ids as text) to keep them apart',
+            )
+            return frame
+        s = parsed
+    return frame.with_columns(s.alias(col))
+
+
 def _check_id(frame: pl.DataFrame, col: str, raw_name: str, checks: _Checks) -> None:
     dtype = frame.schema[col]
     if not (dtype.is_integer() or dtype == pl.String or dtype == pl.Categorical):
@@ -273,12 +407,10 @@ def _check_id(frame: pl.DataFrame, col: str, raw_name: str, checks: _Checks) -> 
         return
     nulls = frame[col].is_null()
     if nulls.any():
-        rows = nulls.arg_true().head(5).to_list()
         checks.add(
-            f"{int(nulls.sum()):,} null ids (row numbers shown)",
+            f"{int(nulls.sum()):,} null ids (at {', '.join(checks.locate(nulls))})",
             raw_name,
             mask=nulls,
-            values=rows,
             fix="drop or fill the rows without an id",
         )
 
@@ -336,27 +468,97 @@ def _parse_ts(frame: pl.DataFrame, cfg: DataConfig, checks: _Checks) -> pl.Serie
             "data.ts_unit = 'datetime' but the column holds numbers",
             raw_name,
             values=s.head(5).to_list(),
-            fix="set data.ts_unit to 's' or 'ms'",
+            fix="set data.ts_unit to 's', 'ms', 'us' or 'ns'",
         )
         return None
+    lo, hi = float(s.min()), float(s.max())  # type: ignore[arg-type]
+    fitting = _fitting_units(lo, hi)
     if unit == "auto":
-        lo, hi = s.min(), s.max()
-        if _SECONDS[0] <= lo and hi <= _SECONDS[1]:  # type: ignore[operator]
-            unit = "s"
-        elif _MILLIS[0] <= lo and hi <= _MILLIS[1]:  # type: ignore[operator]
-            unit = "ms"
-        else:
+        if not fitting:
             checks.add(
-                f"cannot tell whether the integer timestamps are seconds or milliseconds "
-                f"(range {lo!s} .. {hi!s})",
+                "cannot tell the unit of the numeric timestamps: no unit (seconds, milliseconds, "
+                f"microseconds, nanoseconds) puts the range {lo:.0f} .. {hi:.0f} between "
+                f"{EARLIEST:%Y} and {LATEST:%Y}",
                 raw_name,
-                values=[lo, hi],
-                fix="set data.ts_unit = 's' or 'ms' (or 'datetime' for datetime columns)",
+                values=[s.min(), s.max()],
+                fix="set data.ts_unit = 's', 'ms', 'us' or 'ns' (or 'datetime'), or check the "
+                "rows far from the rest",
             )
             return None
-    scale = 1000.0 if unit == "s" else 1.0
-    millis = (s.cast(pl.Float64) * scale).round().cast(pl.Int64)
+        unit = fitting[0]
+    per_second = UNIT_SCALE[unit]
+    outside = (s < _SECONDS[0] * per_second) | (s > _SECONDS[1] * per_second)
+    if outside.any():  # a wrong unit: refuse before building dates past year 9999
+        guess = (
+            f'; they look like {UNIT_NAME[fitting[0]]}: set data.ts_unit = "{fitting[0]}"'
+            if fitting
+            else ""
+        )
+        checks.add(
+            f"{int(outside.sum()):,} timestamps read as {UNIT_NAME[unit]} (data.ts_unit = "
+            f"'{unit}') fall outside {EARLIEST:%Y} .. {LATEST:%Y}"
+            + guess
+            + f" (at {', '.join(checks.locate(outside))})",
+            raw_name,
+            mask=outside,
+            values=s.filter(outside).head(5).to_list(),
+            fix="set data.ts_unit to the unit of the numbers, or fix those rows",
+        )
+        return None
+    if s.dtype.is_integer():
+        micros = (
+            s.cast(pl.Int64) * (1_000_000 // per_second)
+            if per_second <= 1_000_000
+            else (s.cast(pl.Int64) // (per_second // 1_000_000))
+        )
+        return pl.from_epoch(micros, time_unit="us").cast(pl.Datetime("ms"))
+    millis = (s.cast(pl.Float64) * (1000.0 / per_second)).round().cast(pl.Int64)
     return pl.from_epoch(millis, time_unit="ms")
+
+
+def _check_ts_range(ts: pl.Series, cfg: DataConfig, checks: _Checks, now: datetime | None) -> None:
+    """Refuse timestamps before 1990 or in the future (exit 65 with counts and examples);
+    warn when a few rows lie far outside the bulk of the data (damaged rows look like that)."""
+    latest = (
+        LATEST
+        if cfg.allow_future
+        else ((now or datetime.now(UTC).replace(tzinfo=None)) + timedelta(days=1))
+    )
+    early, late = ts < EARLIEST, ts > latest
+    for mask, what, fix in (
+        (
+            early,
+            f"before {EARLIEST:%Y-%m-%d}",
+            "check the timestamp unit (data.ts_unit) and that the file is not damaged",
+        ),
+        (
+            late,
+            f"in the future (after {latest:%Y-%m-%d})",
+            "check the timestamp unit (data.ts_unit) and time zone, or set "
+            "data.allow_future = true",
+        ),
+    ):
+        if mask.any():
+            checks.add(
+                f"{int(mask.sum()):,} of {ts.len():,} timestamps are {what} "
+                f"(at {', '.join(checks.locate(mask))})",
+                cfg.columns.ts,
+                mask=mask,
+                values=[str(v) for v in ts.filter(mask).head(5).to_list()],
+                fix=fix,
+            )
+    if early.any() or late.any() or ts.len() < 100:
+        return
+    lo, q_lo, q_hi, hi = (ts.quantile(q, "nearest") for q in (0.0, 0.001, 0.999, 1.0))
+    bulk = max(q_hi - q_lo, timedelta(days=1))  # type: ignore[operator]
+    far = (ts < q_lo - 5 * bulk) | (ts > q_hi + 5 * bulk)  # type: ignore[operator]
+    if far.any():
+        warn(
+            f"column '{cfg.columns.ts}': {int(far.sum()):,} of {ts.len():,} timestamps lie far "
+            f"outside the bulk of the data (99.8% fall in {q_lo} .. {q_hi}; the span is "
+            f"{lo} .. {hi}, at {', '.join(checks.locate(far))}). Damaged or mis-dated rows look "
+            "like this: check the file and data.ts_unit"
+        )
 
 
 def _map_events(frame: pl.DataFrame, cfg: DataConfig, checks: _Checks) -> pl.Series | None:
@@ -420,29 +622,22 @@ def load_events(
     """Read, map, validate and code the events named by ``cfg.events`` (or ``events``)."""
     spec = events if events is not None else cfg.events
     paths = resolve_paths(spec, "events")
-    raw, file_index = _read_many(paths, cfg.format, "events")
+    c = cfg.columns
+    text_ids = (c.user_id, c.item_id, c.session_id) if cfg.id_dtype != "int" else ()
+    raw, file_index = _read_many(paths, cfg.format, "events", text_ids)
     is_otto = all(_detect_format(p, cfg.format) == "otto" for p in paths)
     frame = _select_columns(raw, cfg, paths, is_otto)
     del raw
     checks = _Checks(paths, file_index)
-    _check_id(frame, C.RAW_USER, cfg.columns.user_id, checks)
-    _check_id(frame, C.RAW_ITEM, cfg.columns.item_id, checks)
+    for col, raw_name in ((C.RAW_USER, c.user_id), (C.RAW_ITEM, c.item_id)):
+        frame = _coerce_ids(frame, col, raw_name, cfg.id_dtype, checks)
+        _check_id(frame, col, raw_name, checks)
     ts = _parse_ts(frame, cfg, checks)
     event = _map_events(frame, cfg, checks)
     value = _numeric(frame, C.RAW_VALUE, cfg.columns.value, checks)
     quantity = _numeric(frame, C.RAW_QUANTITY, cfg.columns.quantity, checks)
-    if ts is not None and not cfg.allow_future:
-        limit = (now or datetime.now(UTC).replace(tzinfo=None)) + timedelta(days=1)
-        future = ts > limit
-        if future.any():
-            checks.add(
-                f"{int(future.sum()):,} timestamps in the future (after {limit:%Y-%m-%d})",
-                cfg.columns.ts,
-                mask=future,
-                values=ts.filter(future).head(5).to_list(),
-                fix="check the timestamp unit (data.ts_unit) and time zone, or set "
-                "data.allow_future = true",
-            )
+    if ts is not None:
+        _check_ts_range(ts, cfg, checks, now)
     checks.raise_if_any()
     assert ts is not None and event is not None
 
@@ -494,24 +689,94 @@ def load_events(
     return LoadedEvents(coded, users, items, summary)
 
 
+@dataclass
+class Coverage:
+    """How well an attribute table's ids match the events'."""
+
+    what: str  # "items" or "users"
+    table_ids: int  # distinct ids in the table
+    matched: int  # of them, ids that occur in the events
+    event_ids: int  # distinct ids in the events
+
+    @property
+    def event_share(self) -> float:
+        """Share of the events' ids that have a row in the table."""
+        return self.matched / self.event_ids if self.event_ids else 1.0
+
+    @property
+    def table_share(self) -> float:
+        """Share of the table's ids that occur in the events."""
+        return self.matched / self.table_ids if self.table_ids else 0.0
+
+    @property
+    def share(self) -> float:
+        """The better of the two shares: a catalogue larger than the events, or attributes
+        known for some items only, are fine; ids that do not match make both low."""
+        return max(self.event_share, self.table_share)
+
+    def line(self) -> str:
+        return (
+            f"{self.what:<11} {self.matched:,} ids match: {100 * self.event_share:.1f}% of the "
+            f"{self.event_ids:,} {self.what} in the events have a row, "
+            f"{100 * self.table_share:.1f}% of the table's {self.table_ids:,} ids occur in them"
+        )
+
+
+ERROR_COVERAGE = 0.5  # below: an error (the ids do not match)
+WARN_COVERAGE = 0.95  # below: a warning
+
+
 def load_table(
-    spec: str, id_column: str, what: str, vocab: Vocab, fmt: str = "auto"
+    spec: str,
+    id_column: str,
+    what: str,
+    vocab: Vocab,
+    fmt: str = "auto",
+    *,
+    coverage: list[Coverage] | None = None,
 ) -> pl.DataFrame:
     """Load an ``items`` or ``users`` attribute table and code its ids with ``vocab``.
 
     Rows whose id never occurs in the events are dropped (they cannot be recommended or served);
-    duplicate ids keep their first row.
+    duplicate ids keep their first row. When fewer than half of the table's ids occur in the
+    events and fewer than half of the events' ids have a row, the ids do not match and a
+    DataError says so; below 95% a warning does. ``coverage``, when given, gets the counts.
     """
     paths = resolve_paths(spec, what)
-    raw, _ = _read_many(paths, fmt, what)
+    text_ids = (id_column,) if vocab.dtype == pl.String else ()
+    raw, _ = _read_many(paths, fmt, what, text_ids)
+    files = ", ".join(str(p) for p in paths[:3])
     if id_column not in raw.columns:
         raise DataError(
             f"missing id column; the file has columns {raw.columns}",
-            file=", ".join(str(p) for p in paths[:3]),
+            file=files,
             column=id_column,
             fix=f"add the column or map it with data.columns.{'item_id' if what == 'items' else 'user_id'}",
         )
     code = C.ITEM if what == "items" else C.USER
     coded = raw.with_columns(vocab.encode(raw[id_column]).alias(code))
-    coded = coded.filter(pl.col(code).is_not_null()).unique(code, keep="first", maintain_order=True)
-    return coded.drop(id_column).select(code, pl.exclude(code)).sort(code)
+    found = coded.filter(pl.col(code).is_not_null())
+    cov = Coverage(what, raw[id_column].n_unique(), found[code].n_unique(), len(vocab))
+    if coverage is not None:
+        coverage.append(cov)
+    if cov.share < WARN_COVERAGE:
+        unmatched = raw.filter(coded[code].is_null())[id_column].head(3).to_list()
+        examples = vocab.table["raw"].head(3).to_list()
+        how = "do not match" if cov.share < ERROR_COVERAGE else "match only in part"
+        text = (
+            f"the {what} table's ids {how} the events': {cov.matched:,} of its "
+            f"{cov.table_ids:,} ids occur in the events ({100 * cov.table_share:.1f}%), and "
+            f"{cov.matched:,} of the {cov.event_ids:,} {what} in the events have a row "
+            f"({100 * cov.event_share:.1f}%)"
+        )
+        fix = (
+            f"check that the table and the events use the same {what[:-1]} ids (table: "
+            f"{', '.join(repr(v) for v in unmatched)}; events: "
+            f"{', '.join(repr(v) for v in examples)}) and map the id column with "
+            f"data.columns.{'item_id' if what == 'items' else 'user_id'}"
+        )
+        if cov.share < ERROR_COVERAGE:
+            raise DataError(text, file=files, column=id_column, values=unmatched, fix=fix)
+        warn(f"file {files}, column '{id_column}': {text}. Fix: {fix}")
+    found = found.unique(code, keep="first", maintain_order=True)
+    return found.drop(id_column).select(code, pl.exclude(code)).sort(code)

@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 import polars as pl
 
 from gbrank import columns as C
-from gbrank.errors import ConfigError, DataError
+from gbrank.errors import ConfigError, DataError, warn
 
 FOLD_NAMES = ("train", "eval", "inference")
 
@@ -98,8 +98,20 @@ def label_window(events: pl.DataFrame, fold: Fold) -> pl.DataFrame:
     return events.filter((pl.col(C.TS) >= fold.as_of) & (pl.col(C.TS) < fold.label_end))
 
 
-def check_fold(events: pl.DataFrame, fold: Fold) -> None:
-    """Raise a DataError when the fold's history or label window is empty."""
+def check_learnable(events: pl.DataFrame) -> None:
+    """A DataError when no event is deeper than a view: no target has a single positive."""
+    if events.is_empty() or int(events[C.EVENT].max()) < C.EVENT_CODE["click"]:  # type: ignore[arg-type]
+        raise DataError(
+            "no click, cart or purchase events: nothing to learn",
+            column=C.RAW_EVENT,
+            values=events[C.EVENT].unique().head(5).to_list() if not events.is_empty() else None,
+            fix='map your event names under [data.event_map], e.g. "add_to_basket" = "cart"',
+        )
+
+
+def check_fold(events: pl.DataFrame, fold: Fold, targets: tuple[str, ...] | list[str] = ()) -> None:
+    """Raise a DataError when the fold's history or label window is empty, or when its label
+    window holds no positive for any of ``targets``; warn when it holds none for some."""
     start, last = events[C.TS].min(), events[C.TS].max()
     span = f"the events span {start!s} .. {last!s}"
     if history(events, fold).is_empty():
@@ -114,4 +126,32 @@ def check_fold(events: pl.DataFrame, fold: Fold) -> None:
             f"{span}",
             column=C.TS,
             fix="use an earlier folds.as_of or check the timestamps",
+        )
+    if not (fold.has_labels and targets):
+        return
+    window_events = label_window(events, fold)
+    n_users = window_events[C.USER].n_unique()
+    if n_users < 2:
+        raise DataError(
+            f"fold '{fold.name}' has {n_users} user with events in its label window "
+            f"[{fold.as_of}, {fold.label_end}): a ranker needs at least 2 users to learn from",
+            column=C.RAW_USER,
+            fix="use more data (more users), or a longer folds.horizon_days",
+        )
+    deepest = window_events[C.EVENT].max()
+    empty = [t for t in targets if deepest is None or deepest < C.EVENT_CODE[t]]  # type: ignore[operator]
+    window = f"label window [{fold.as_of}, {fold.label_end})"
+    if len(empty) == len(targets):
+        raise DataError(
+            f"fold '{fold.name}' has no {' or '.join(empty)} event in its {window}: nothing to "
+            "learn or measure",
+            column=C.RAW_EVENT,
+            fix="use a longer folds.horizon_days or another folds.as_of, or map your event "
+            "names under [data.event_map]",
+        )
+    if empty:
+        warn(
+            f"fold '{fold.name}' has no {' or '.join(empty)} event in its {window}: the metrics "
+            f"of {', '.join(empty)} will be empty. Fix: drop {', '.join(repr(t) for t in empty)} "
+            "from eval.targets, or use a longer folds.horizon_days"
         )

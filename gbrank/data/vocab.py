@@ -7,7 +7,7 @@ from pathlib import Path
 
 import polars as pl
 
-from gbrank.runs import atomic_write_parquet
+from gbrank.atomic import atomic_write_parquet
 
 RAW = "raw"
 CODE = "code"

@@ -13,8 +13,12 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 import json
-from collections.abc import Sequence
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Self
 
@@ -24,8 +28,55 @@ import polars as pl
 
 from gbrank import __version__
 from gbrank import columns as C
-from gbrank.errors import MissingInputError, NotFittedError
-from gbrank.runs import atomic_write_json, atomic_write_text
+from gbrank.atomic import atomic_write_json, atomic_write_text, file_sha256
+from gbrank.errors import ConfigError, DamagedArtifactError, MissingInputError, NotFittedError
+
+
+@contextmanager
+def _quiet_native_output() -> Iterator[None]:
+    """Silence what LightGBM's C++ code prints on stdout/stderr (its [Fatal] lines)."""
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+
+
+def known_params() -> dict[str, str]:
+    """Every LightGBM parameter name and alias, mapped to its main name."""
+    aliases = lgb.basic._ConfigAliases._get_all_param_aliases()
+    out = {name: name for name in aliases}
+    for name, names in aliases.items():
+        out.update(dict.fromkeys(names, name))
+    return out
+
+
+def check_params(params: Mapping[str, Any], where: str = "train.params") -> None:
+    """A ConfigError for an unknown LightGBM parameter (with the nearest name) or a value
+    LightGBM rejects, found by a one-round fit on a tiny frame before any real training."""
+    names = known_params()
+    for key in params:
+        if key not in names:
+            match = difflib.get_close_matches(key, list(names), n=1, cutoff=0.6)
+            hint = f"; did you mean '{match[0]}'?" if match else ""
+            raise ConfigError(f"{where}: unknown LightGBM parameter '{key}'{hint}")
+    rng = np.random.default_rng(0)
+    data = lgb.Dataset(
+        rng.random((40, 2)), label=rng.integers(0, 3, 40), group=[20, 20], free_raw_data=True
+    )
+    probe = {"objective": "lambdarank", "verbosity": -1, "num_threads": 1, **params}
+    try:
+        with _quiet_native_output():
+            lgb.train(probe, data, num_boost_round=1)
+    except lgb.basic.LightGBMError as exc:
+        reason = re.sub(r"\s+at \S+, line \d+\s*\.?\s*$", "", str(exc).strip())
+        raise ConfigError(f"{where}: LightGBM rejects the parameters: {reason}") from None
 
 
 def group_sizes(frame: pl.DataFrame) -> np.ndarray:
@@ -177,7 +228,7 @@ class LightGBMRanker:
         stem = Path(stem)
         model_path, sidecar_path = stem.with_suffix(".txt"), stem.with_suffix(".json")
         atomic_write_text(self.booster_.model_to_string(num_iteration=-1), model_path)
-        atomic_write_json(self.sidecar(), sidecar_path)
+        atomic_write_json({**self.sidecar(), "model_sha256": file_sha256(model_path)}, sidecar_path)
         return model_path, sidecar_path
 
     @classmethod
@@ -187,7 +238,18 @@ class LightGBMRanker:
         for p in (model_path, sidecar_path):
             if not p.exists():
                 raise MissingInputError(f"model file {p} does not exist: run `gbrank train` first")
-        meta = json.loads(sidecar_path.read_text())
+        try:
+            meta = json.loads(sidecar_path.read_text())
+            expected = meta["model_sha256"]
+        except (ValueError, KeyError, TypeError):
+            raise DamagedArtifactError(
+                f"artifact {sidecar_path} is damaged (not a model sidecar): rerun `gbrank train`"
+            ) from None
+        # LightGBM aborts the process on some truncated models: check the bytes first.
+        if file_sha256(model_path) != expected:
+            raise DamagedArtifactError(
+                f"artifact {model_path} is damaged (hash mismatch): rerun `gbrank train`"
+            )
         params = {
             k: v
             for k, v in meta["params"].items()

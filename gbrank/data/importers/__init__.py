@@ -27,8 +27,8 @@ from typing import Any, Protocol
 import polars as pl
 
 from gbrank import columns as C
+from gbrank.atomic import atomic_write_parquet, atomic_write_text
 from gbrank.errors import ConfigError, DataError, MissingInputError
-from gbrank.runs import atomic_write_parquet, atomic_write_text
 
 # format name -> module (relative to this package)
 FORMATS: dict[str, str] = {
