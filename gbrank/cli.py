@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import time
 import traceback
@@ -111,6 +112,9 @@ def handle_errors(func: F) -> F:
         except GbrankError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(exc.exit_code) from None
+        except BrokenPipeError:  # the reader went away (`gbrank eval | head`): stop quietly
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (Python flushes it at exit)
+            raise typer.Exit(141) from None
         except OSError as exc:  # reading or writing the disk: the path and the errno text
             error = io_error(getattr(exc, "filename", None) or "a file", exc, "read or write")
             typer.echo(f"error: {error}", err=True)

@@ -427,16 +427,19 @@ def _parse_ts(frame: pl.DataFrame, cfg: DataConfig, checks: _Checks) -> pl.Serie
         bad = parsed.is_null() & s.is_not_null()
         if not bad.any():
             return parsed.cast(pl.Datetime("ms"))
-        as_num = s.cast(pl.Float64, strict=False)
-        if as_num.is_not_null().sum() == s.is_not_null().sum():
+        as_num = s.str.strip_chars().cast(pl.Float64, strict=False)
+        bad_num = as_num.is_null() & s.is_not_null()
+        if not bad_num.any():
             s = as_num  # numbers stored as text
-        else:
+        else:  # the values that fit neither reading the column mostly follows
+            if bad_num.sum() < bad.sum():
+                bad = bad_num
             checks.add(
-                f"{int(bad.sum()):,} unparseable timestamps",
+                f"{int(bad.sum()):,} unparseable timestamps (at {', '.join(checks.locate(bad))})",
                 raw_name,
                 mask=bad,
                 values=s.filter(bad).head(5).to_list(),
-                fix="use ISO 8601 datetimes or epoch seconds/milliseconds",
+                fix="use ISO 8601 datetimes or epoch seconds/milliseconds, or fix those rows",
             )
             return None
     if s.dtype == pl.Date:
@@ -596,7 +599,7 @@ def _numeric(frame: pl.DataFrame, col: str, raw_name: str, checks: _Checks) -> p
     bad = cast.is_null() & s.is_not_null()
     if bad.any():
         checks.add(
-            f"{int(bad.sum()):,} non-numeric values",
+            f"{int(bad.sum()):,} non-numeric values (at {', '.join(checks.locate(bad))})",
             raw_name,
             mask=bad,
             values=s.filter(bad).head(5).to_list(),
@@ -623,7 +626,7 @@ def load_events(
     spec = events if events is not None else cfg.events
     paths = resolve_paths(spec, "events")
     c = cfg.columns
-    text_ids = (c.user_id, c.item_id, c.session_id) if cfg.id_dtype != "int" else ()
+    text_ids = (c.user_id, c.item_id, c.session_id)  # parsed by data.id_dtype, never inferred
     raw, file_index = _read_many(paths, cfg.format, "events", text_ids)
     is_otto = all(_detect_format(p, cfg.format) == "otto" for p in paths)
     frame = _select_columns(raw, cfg, paths, is_otto)
