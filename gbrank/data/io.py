@@ -366,16 +366,10 @@ def _coerce_ids(
         s = s.cast(pl.String)
     elif id_dtype == "int" and s.dtype == pl.String:
         text = s.str.strip_chars()
-        parsed = text.cast(pl.Int64, strict=False)
-        bad = parsed.is_null() & s.is_not_null()
-        if bad.any():
-            checks.add(
-                f"{int(bad.sum()):,} ids are not integers (at {', '.join(checks.locate(bad))})",
-                raw_name,
-                mask=bad,
-                values=s.filter(bad).unique(maintain_order=True).head(5).to_list(),
-                fix='set data.id_dtype = "auto" to read ids as text',
-            )
+        parsed = _parse_numbers(
+            s, pl.Int64, raw_name, checks, "ids are not integers", 'set data.id_dtype = "auto"'
+        )
+        if parsed is None:
             return frame
         pairs = pl.DataFrame({"raw": text, "int": parsed}).drop_nulls().unique()
         clash = pairs.filter(pl.col("int").is_duplicated()).sort("int", "raw")
@@ -595,18 +589,31 @@ def _numeric(frame: pl.DataFrame, col: str, raw_name: str, checks: _Checks) -> p
     s = frame[col]
     if s.dtype.is_numeric():
         return s.cast(pl.Float32)
-    cast = s.cast(pl.Float32, strict=False)
-    bad = cast.is_null() & s.is_not_null()
+    fix = "this optional column must hold numbers; fix or drop it"
+    return _parse_numbers(s, pl.Float32, raw_name, checks, "non-numeric values", fix)
+
+
+def _parse_numbers(
+    s: pl.Series,
+    dtype: type[pl.DataType] | pl.DataType,
+    raw_name: str,
+    checks: _Checks,
+    what: str,
+    fix: str,
+) -> pl.Series | None:
+    """``s`` (text) as numbers, or None after reporting the values that are not and where."""
+    parsed = s.cast(pl.String).str.strip_chars().cast(dtype, strict=False)
+    bad = parsed.is_null() & s.is_not_null()
     if bad.any():
         checks.add(
-            f"{int(bad.sum()):,} non-numeric values (at {', '.join(checks.locate(bad))})",
+            f"{int(bad.sum()):,} {what} (at {', '.join(checks.locate(bad))})",
             raw_name,
             mask=bad,
-            values=s.filter(bad).head(5).to_list(),
-            fix="this optional column must hold numbers; fix or drop it",
+            values=s.filter(bad).unique(maintain_order=True).head(5).to_list(),
+            fix=fix,
         )
         return None
-    return cast
+    return parsed
 
 
 def _session(frame: pl.DataFrame) -> pl.Series | None:
