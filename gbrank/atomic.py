@@ -9,9 +9,11 @@ errno text (exit code 74), and the temporary file is removed.
 
 from __future__ import annotations
 
+import errno as errno_codes
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,8 +38,24 @@ def io_error(path: Path | str, exc: OSError, doing: str = "write") -> WorkspaceI
     reason = exc.strerror or str(exc)
     if exc.errno is not None and exc.strerror:
         reason = f"{exc.strerror} (errno {exc.errno})"
-    where = exc.filename or path
+    where = path if exc.filename is None or str(exc.filename).endswith(".tmp") else exc.filename
     return WorkspaceIOError(f"cannot {doing} {where}: {reason}")
+
+
+_OS_ERROR = re.compile(r"os error (\d+)")
+
+
+def wrapped_os_error(exc: BaseException, path: Path | str | None = None) -> OSError | None:
+    """The OSError inside a library's error: Polars reports a full disk as a ComputeError
+    that says "(os error 28)"."""
+    if isinstance(exc, OSError):
+        return exc
+    match = _OS_ERROR.search(str(exc))
+    if match is None:
+        return None
+    code = int(match.group(1))
+    name = str(path) if path is not None else None
+    return OSError(code, os.strerror(code) if code in errno_codes.errorcode else str(exc), name)
 
 
 @contextmanager
@@ -52,13 +70,12 @@ def atomic_path(path: Path) -> Iterator[Path]:
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
-    except OSError as exc:
+    except BaseException as exc:
         if tmp_path is not None:
             tmp_path.unlink(missing_ok=True)
-        raise io_error(path, exc) from exc
-    except BaseException:
-        if tmp_path is not None:
-            tmp_path.unlink(missing_ok=True)
+        os_error = wrapped_os_error(exc, path) if isinstance(exc, Exception) else None
+        if os_error is not None:
+            raise io_error(path, os_error) from exc
         raise
 
 

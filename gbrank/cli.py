@@ -15,9 +15,9 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from gbrank import __version__
-from gbrank.atomic import check_table_suffix, io_error
+from gbrank.atomic import check_table_suffix, io_error, wrapped_os_error
 from gbrank.config import DEFAULT_CONFIG_FILE, Config, dump_toml, load_config
-from gbrank.errors import EXIT_INTERNAL, GbrankError, GbrankWarning
+from gbrank.errors import EXIT_INTERNAL, EXIT_IO, GbrankError, GbrankWarning
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -122,7 +122,11 @@ def handle_errors(func: F) -> F:
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
-        except Exception:  # an internal error: show the traceback, exit 70
+        except Exception as exc:  # an internal error: show the traceback, exit 70
+            wrapped = wrapped_os_error(exc)
+            if wrapped is not None:  # a library's report of a disk error
+                typer.echo(f"error: {io_error('a file', wrapped, 'read or write')}", err=True)
+                raise typer.Exit(EXIT_IO) from None
             traceback.print_exc()
             typer.echo("error: internal error (see the traceback above)", err=True)
             raise typer.Exit(EXIT_INTERNAL) from None

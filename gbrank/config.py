@@ -73,8 +73,9 @@ class DataConfig:
     format: str = "auto"  # auto | parquet | csv | jsonl | otto
     ts_unit: str = "auto"  # auto | s | ms | us | ns | datetime
     # How raw ids are read: "auto" keeps the type a typed file gives (Parquet, JSON numbers)
-    # and reads text files' ids as text, so "00123" and "123" stay two ids; "string" makes every
-    # id text; "int" requires integers and refuses ids that would merge ("00123" and "123").
+    # and reads text files' ids as text, so "00123" and "123" stay two ids (as integers when
+    # every id is one written canonically); "string" makes every id text; "int" requires
+    # integers and refuses ids that would merge ("00123" and "123").
     id_dtype: str = "auto"
     duplicates: str = "keep"  # keep | drop (exact duplicate rows)
     allow_future: bool = False

@@ -208,9 +208,9 @@ def test_truncated_model_is_refused_by_the_library_too(project: Path) -> None:
 # --------------------------------------------------------------------------- I/O errors
 
 
-def test_unwritable_workspace_exits_74(project: Path) -> None:
+def test_unwritable_workspace_exits_74(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Guards: a read-only workspace gave exit 70 and a traceback (a file where a folder
-    should be fails for root too, unlike file modes)."""
+    should be fails for root too, unlike file modes; so does a read-only file system)."""
     blocker = project / "blocker"
     blocker.write_text("not a folder")
     result = runner.invoke(
@@ -218,6 +218,62 @@ def test_unwritable_workspace_exits_74(project: Path) -> None:
     )
     assert result.exit_code == EXIT_IO, result.output
     assert str(blocker) in result.output and "Not a directory" in result.output
+
+    def read_only(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(kwargs.get("dir")))
+
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", read_only)
+    for stage in reversed(STAGES):  # each stage invalidates the ones after it first
+        code, output = invoke(project, stage)
+        assert code == EXIT_IO and "Read-only file system (errno 30)" in output, (stage, output)
+
+
+@pytest.fixture
+def mount_tmpfs(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Mount a small tmpfs (``size``, optionally read-only); skipped where mounting is not
+    allowed. The injected-error tests below cover every stage wherever this cannot run."""
+    mounted: list[Path] = []
+
+    def mount(name: str, size: str, read_only: bool = False) -> Path:
+        point = tmp_path / name
+        point.mkdir()
+        options = f"size={size}" + (",ro" if read_only else "")
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)],
+            capture_output=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", str(point)], check=False)
+
+
+@pytest.mark.parametrize(
+    ("size", "read_only", "reason"),
+    [("4m", True, "Read-only file system (errno 30)"), ("96k", False, "No space left on device")],
+)
+def test_real_read_only_or_full_workspace_exits_74(
+    project: Path,
+    mount_tmpfs,
+    size: str,
+    read_only: bool,
+    reason: str,  # type: ignore[no-untyped-def]
+) -> None:
+    """Guards: a read-only workspace or a full disk during `generate` gave exit 70 and a
+    traceback."""
+    workspace = mount_tmpfs("ws", size, read_only)
+    result = runner.invoke(
+        app, ["generate", "-c", str(project / "gbrank.toml"), "-w", str(workspace)]
+    )
+    assert result.exit_code == EXIT_IO, result.output
+    assert reason in result.output and str(workspace) in result.output
+    assert "Traceback" not in result.output
+    assert [p for p in workspace.rglob(".*.tmp")] == []  # no temporary file left behind
 
 
 @pytest.mark.parametrize("stage", [*STAGES, "recommend"])

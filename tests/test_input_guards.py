@@ -64,6 +64,20 @@ def test_csv_ids_with_leading_zeros_stay_distinct(tmp_path: Path) -> None:
     assert "id_dtype" in str(err)
 
 
+def test_canonical_integer_ids_stay_integers(tmp_path: Path) -> None:
+    """Ids that are all integers written one way only are stored as integers (fast, and no
+    merge is possible); one id with a leading zero keeps the whole column text."""
+    path = tmp_path / "e.csv"
+    path.write_text(
+        "user_id,item_id,ts,event,session_id\n"
+        f"10,2,{T0},view,5\n"
+        f"9,10,{T0 + 1},click,05\n"  # session '05' is not session '5'
+    )
+    loaded = load_events(DataConfig(events=str(path)))
+    assert loaded.users.dtype == pl.Int64 and loaded.users.table["raw"].to_list() == [9, 10]
+    assert loaded.events[C.SESSION].n_unique() == 2
+
+
 def test_id_column_numeric_then_text_loads(tmp_path: Path) -> None:
     """Guards: ids numeric for 20k rows and then 'SKU-...' failed with Polars' own advice."""
     lines = ["user_id,item_id,ts,event"]
