@@ -224,6 +224,15 @@ def _read_file(path: Path, fmt: str, text_columns: tuple[str, ...] = ()) -> pl.D
             file=str(path),
             fix="check that the file is complete and in the format its name says",
         ) from exc
+    except BaseException as exc:  # Polars' reader can panic on damaged pages
+        if type(exc).__name__ != "PanicException":
+            raise
+        raise DataError(
+            f"cannot read as {fmt}: the reader failed on damaged data "
+            f"({str(exc).splitlines()[0][:120]})",
+            file=str(path),
+            fix="check that the file is complete and not damaged; rewrite it from its source",
+        ) from None
     raise DataError(f"unknown format '{fmt}'", file=str(path), fix="set data.format")
 
 
@@ -516,6 +525,19 @@ def _parse_ts(frame: pl.DataFrame, cfg: DataConfig, checks: _Checks) -> pl.Serie
     return pl.from_epoch(millis, time_unit="ms")
 
 
+def _show_timestamps(ts: pl.Series) -> list[str]:
+    """Timestamps as text, also those past what a Python datetime holds (damaged rows)."""
+    out = []
+    for ms in ts.cast(pl.Datetime("ms")).cast(pl.Int64).to_list():
+        if ms is None:
+            out.append("null")
+        elif -62_135_596_800_000 <= ms <= 253_402_300_799_999:  # years 1 to 9999
+            out.append(str(datetime(1970, 1, 1) + timedelta(milliseconds=ms)))
+        else:
+            out.append(f"{ms} ms from 1970 (not a date)")
+    return out
+
+
 def _check_ts_range(ts: pl.Series, cfg: DataConfig, checks: _Checks, now: datetime | None) -> None:
     """Refuse timestamps before 1990 or in the future (exit 65 with counts and examples);
     warn when a few rows lie far outside the bulk of the data (damaged rows look like that)."""
@@ -544,7 +566,7 @@ def _check_ts_range(ts: pl.Series, cfg: DataConfig, checks: _Checks, now: dateti
                 f"(at {', '.join(checks.locate(mask))})",
                 cfg.columns.ts,
                 mask=mask,
-                values=[str(v) for v in ts.filter(mask).head(5).to_list()],
+                values=_show_timestamps(ts.filter(mask).head(5)),
                 fix=fix,
             )
     if early.any() or late.any() or ts.len() < 100:
