@@ -130,6 +130,12 @@ def handle_errors(func: F) -> F:
             traceback.print_exc()
             typer.echo("error: internal error (see the traceback above)", err=True)
             raise typer.Exit(EXIT_INTERNAL) from None
+        except BaseException as exc:  # a Rust panic inside Polars is no Exception
+            if type(exc).__name__ != "PanicException":
+                raise
+            traceback.print_exc()
+            typer.echo("error: internal error (see the traceback above)", err=True)
+            raise typer.Exit(EXIT_INTERNAL) from None
         finally:
             warnings.showwarning = shown
 
