@@ -191,13 +191,25 @@ class FeaturesConfig:
 
 
 @dataclass
+class SampleConfig:
+    """The training sample (docs/architecture.md, "Training sample"): features are built
+    only for these rows of the train fold, and the serving model draws the same way."""
+
+    # At most this many users with a labelled candidate, chosen by a stable hash (0: all).
+    users: int = 0
+    # Unlabelled candidates kept per user (0: every one); every labelled one is kept.
+    negatives: int = 0
+    # Share of those negatives taken by best candidate rank (hard ones); the rest at random.
+    hard_share: float = 0.5
+
+
+@dataclass
 class TrainConfig:
     backend: str = "lightgbm"
     num_boost_round: int = 400
     early_stopping_rounds: int = 40
     valid_fraction: float = 0.2
-    # Share of candidate rows without any label kept for training (all positives are kept).
-    neg_sample_rate: float = 1.0
+    sample: SampleConfig = field(default_factory=SampleConfig)
     params: dict[str, Any] = field(
         default_factory=lambda: {
             "learning_rate": 0.05,
@@ -378,8 +390,11 @@ def validate(cfg: Config) -> Config:
     for name, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{name} = '{value}' is not one of {list(allowed)}")
-    if not 0.0 < cfg.train.neg_sample_rate <= 1.0:
-        raise ConfigError("train.neg_sample_rate must be in (0, 1]")
+    sample = cfg.train.sample
+    if sample.users < 0 or sample.negatives < 0:
+        raise ConfigError("train.sample.users and train.sample.negatives must be 0 (all) or more")
+    if not 0.0 <= sample.hard_share <= 1.0:
+        raise ConfigError("train.sample.hard_share must be in [0, 1]")
     if not 0.0 < cfg.train.valid_fraction < 1.0:
         raise ConfigError("train.valid_fraction must be in (0, 1)")
     if cfg.candidates.budget_target not in TARGETS:

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import polars.selectors as cs
 
 from gbrank import columns as C
 from gbrank.budgets import BUDGET_KEYS, Budget, cap_per_user, choose_n, parse_budget, truncate
@@ -43,9 +44,12 @@ from gbrank.data.vocab import Vocab
 from gbrank.errors import DataError, MissingInputError, warn
 from gbrank.features.builders import build_features as _build_features
 from gbrank.features.builders import feature_columns
+from gbrank.features.families.source import with_score_percentiles
 from gbrank.features.labels import attach_labels, build_labels, relevant_items
 from gbrank.metrics import candidate_report, metrics_rows, ranking_metrics
 from gbrank.rankers.lightgbm import LightGBMRanker
+from gbrank.rankers.sampling import SampleSpec, sample_keys
+from gbrank.rankers.sampling import validation_mask as _validation_mask
 from gbrank.runs import (
     Run,
     Verified,
@@ -67,7 +71,7 @@ SERVE_MODEL = "models/ranker_serve"  # fitted on the eval fold, used by recommen
 # out: the data's content fingerprint stands for them.
 STAGE_CONFIG: dict[str, tuple[str, ...]] = {
     "generate": ("data", "events", "folds", "candidates", "run.seed"),
-    "features": ("features", "events", "run.seed"),
+    "features": ("features", "events", "train.sample", "run.seed"),
     "train": ("train", "events", "eval.ks", "run.seed"),
     "eval": ("eval",),
 }
@@ -448,6 +452,15 @@ def build_features(cfg: Config) -> FeaturesResult:
         fold = data.folds[name]
         cands = _read_parquet(verified, f"candidates/{name}.parquet")
         labels = _read_parquet(verified, f"labels/{name}.parquet")
+        spec = sample_spec(cfg)
+        if name == "train" and (spec.negatives or spec.users):
+            # The ranker learns from a sample: features are built for it alone (what depends
+            # on the user's whole candidate list is computed first).
+            cands = with_score_percentiles(cands, list(cfg.candidates.sources))
+            graded = attach_labels(cands.select(C.USER, C.ITEM, cs.ends_with("_rank")), labels)
+            keys = sample_keys(graded, spec)
+            cands = cands.join(keys, on=[C.USER, C.ITEM], how="semi", maintain_order="left")
+            del graded, keys
         builder = FeatureBuilder.from_config(
             cfg,
             history(data.events, fold),
@@ -492,27 +505,15 @@ def build_features(cfg: Config) -> FeaturesResult:
 # --------------------------------------------------------------------------- train
 
 
-def stable_unit(codes: np.ndarray, seed: int, salt: int) -> np.ndarray:
-    """A deterministic pseudo-random number in [0, 1) per code (a splitmix64 finalizer),
-    identical across library versions, unlike Polars' ``hash``."""
-    with np.errstate(over="ignore"):
-        x = codes.astype(np.uint64) + np.uint64((seed * 1_000_003 + salt) % 2**63)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        x = x ^ (x >> np.uint64(31))
-    return (x >> np.uint64(11)).astype(np.float64) / float(2**53)
+def sample_spec(cfg: Config) -> SampleSpec:
+    sample = cfg.train.sample
+    return SampleSpec(sample.users, sample.negatives, sample.hard_share, cfg.run.seed)
 
 
 def training_rows(frame: pl.DataFrame, cfg: Config) -> pl.DataFrame:
-    """Users with at least one positive; negatives downsampled by a hashed (user, item) key."""
-    with_pos = frame.filter(pl.col(C.GRADE).max().over(C.USER) > 0)
-    rate = cfg.train.neg_sample_rate
-    if rate < 1.0:
-        pair = with_pos[C.USER].to_numpy().astype(np.uint64) << np.uint64(32)
-        pair |= with_pos[C.ITEM].to_numpy().astype(np.uint64)
-        keep = (with_pos[C.GRADE].to_numpy() > 0) | (stable_unit(pair, cfg.run.seed, 1) < rate)
-        with_pos = with_pos.filter(pl.Series(keep))
-    return with_pos.sort(C.USER, C.ITEM)
+    """The training sample of a labelled fold's frame (``train.sample``), sorted by user."""
+    keys = sample_keys(frame, sample_spec(cfg))
+    return frame.join(keys, on=[C.USER, C.ITEM], how="semi").sort(C.USER, C.ITEM)
 
 
 def check_training_rows(rows: pl.DataFrame, fold: str) -> None:
@@ -536,16 +537,8 @@ def check_training_rows(rows: pl.DataFrame, fold: str) -> None:
 
 
 def validation_mask(users: np.ndarray, cfg: Config) -> np.ndarray:
-    """Rows of held-out users (a hash of the user code below ``train.valid_fraction``).
-
-    Small data can leave the hash split empty; then the user with the smallest hash is held
-    out, so early stopping always has a validation set when there are at least five users.
-    """
-    unit = stable_unit(users, cfg.run.seed, 2)
-    mask = unit < cfg.train.valid_fraction
-    if not mask.any() and np.unique(users).size >= 5:
-        mask = users == users[np.argmin(unit)]
-    return mask
+    """Rows of held-out users (a hash of the user code below ``train.valid_fraction``)."""
+    return _validation_mask(users, cfg.train.valid_fraction, cfg.run.seed)
 
 
 def make_ranker(cfg: Config, **overrides: Any) -> LightGBMRanker:
@@ -701,10 +694,15 @@ def evaluate(cfg: Config) -> EvalResult:
     labels = _read_parquet(verified, "labels/eval.parquet")
     ranker = _load_ranker(verified, EVAL_MODEL)
     k_max = max(cfg.eval.ks)
-    scored = frame.with_columns(pl.Series("_ranker", ranker.predict(frame)))
+    rank_cols = [C.rank_col(s) for s in cfg.candidates.sources]
+    # Top-K sorts only the keys and the scores, never the wide feature frame.
+    scored = frame.select(C.USER, C.ITEM, *rank_cols).with_columns(
+        pl.Series("_ranker", ranker.predict(frame))
+    )
+    del frame
     lists = {RANKER: top_k(scored, "_ranker", k_max)}
-    for source in cfg.candidates.sources:
-        lists[source] = top_k(frame, C.rank_col(source), k_max, descending=False)
+    for source, col in zip(cfg.candidates.sources, rank_cols, strict=True):
+        lists[source] = top_k(scored, col, k_max, descending=False)
     rows: list[dict[str, Any]] = []
     users: dict[str, int] = {}
     for target in cfg.eval.targets:

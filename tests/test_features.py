@@ -668,3 +668,26 @@ def test_labels_match_brute_force() -> None:
     assert_frame_equal(joined.select(cands.columns), cands)  # rows and order kept
     expected = [deepest.get((u, i), -1) + 1 for u, i in cands.select(C.USER, C.ITEM).iter_rows()]
     assert joined[C.GRADE].to_list() == expected
+
+
+def test_features_of_a_sample_equal_those_of_the_full_candidate_list() -> None:
+    """Training builds features for sampled rows only; every value (per-user percentiles of
+    the sources' scores included) must equal what the full list gives, or training would see
+    other features than serving."""
+    from gbrank.features.families.source import with_score_percentiles
+    from gbrank.rankers.sampling import SampleSpec, sample_keys
+
+    events = random_events(7)
+    cands = candidates_for(events)
+    full = build_features(cands, events, AS_OF, items_table())
+    graded = cands.with_columns(
+        (pl.col(C.ITEM) % 3 == 0).cast(pl.Int8).alias(C.GRADE)  # some labelled rows
+    )
+    keys = sample_keys(graded, SampleSpec(negatives=2, hard_share=0.5))
+    assert 0 < keys.height < cands.height
+    sampled_cands = with_score_percentiles(cands, ["pop", "knn"]).join(
+        keys, on=[C.USER, C.ITEM], how="semi"
+    )
+    sampled = build_features(sampled_cands, events, AS_OF, items_table())
+    expected = full.join(keys, on=[C.USER, C.ITEM], how="semi")
+    assert_frame_equal(sampled.select(expected.columns), expected)

@@ -11,8 +11,9 @@ import pytest
 from gbrank import columns as C
 from gbrank.config import load_config
 from gbrank.errors import NotFittedError
-from gbrank.pipeline import stable_unit, training_rows, validation_mask
+from gbrank.pipeline import training_rows, validation_mask
 from gbrank.rankers.lightgbm import LightGBMRanker, group_sizes
+from gbrank.rankers.sampling import stable_unit
 
 
 def ranking_frame(seed: int, users: int = 200, per_user: int = 20) -> pl.DataFrame:
@@ -61,7 +62,7 @@ def test_ranker_learns_signal_and_round_trips(tmp_path: Path) -> None:
 
 
 def test_training_rows_keep_every_positive() -> None:
-    cfg = load_config(None, ["train.neg_sample_rate=0.3"])
+    cfg = load_config(None, ["train.sample.negatives=6"])
     frame = ranking_frame(3)
     # one user with no positive at all is dropped
     frame = frame.with_columns(
@@ -72,8 +73,8 @@ def test_training_rows_keep_every_positive() -> None:
     positives = frame.filter(pl.col(C.GRADE) > 0)
     assert rows.filter(pl.col(C.GRADE) > 0).height == positives.height
     negatives = frame.filter((pl.col(C.GRADE) == 0) & (pl.col(C.USER) != 0)).height
-    kept = rows.filter(pl.col(C.GRADE) == 0).height
-    assert 0.2 * negatives < kept < 0.4 * negatives
+    kept = rows.filter(pl.col(C.GRADE) == 0).group_by(C.USER).len()["len"]
+    assert kept.max() == 6 and negatives > 6 * kept.len()
     assert rows[C.USER].is_sorted()
     assert training_rows(frame, cfg).equals(rows)  # deterministic
 

@@ -37,20 +37,37 @@ def columns(spec: FeatureSpec) -> list[Column]:
 
 
 def passthrough(spec: FeatureSpec) -> set[str]:
-    """The columns this family reads from the candidate rows rather than computes."""
-    return {c.name for c in columns(spec) if c.dtype is None}
+    """The columns this family may read from the candidate rows rather than compute (the
+    percentiles when :func:`with_score_percentiles` put them there)."""
+    return {c.name for c in columns(spec) if c.dtype is None or c.name.endswith("_score_pct")}
+
+
+def score_percentiles(sources: list[str] | tuple[str, ...]) -> list[pl.Expr]:
+    """Each source's score as a percentile among the user's candidates (1 = best)."""
+    return [
+        (
+            pl.col(C.score_col(s)).rank("average").over(C.USER)
+            / pl.col(C.score_col(s)).count().over(C.USER)
+        )
+        .cast(FLOAT)
+        .alias(f"{s}_score_pct")
+        for s in sources
+    ]
+
+
+def with_score_percentiles(candidates: pl.DataFrame, sources: list[str]) -> pl.DataFrame:
+    """The candidate rows with their per-user percentiles, for rows that will be sampled:
+    a percentile is relative to the user's whole candidate list, so it must be computed
+    before rows are dropped, or training would see other values than serving."""
+    present = [s for s in sources if C.score_col(s) in candidates.columns]
+    return candidates.with_columns(score_percentiles(present))
 
 
 def build(ctx: FeatureContext) -> pl.LazyFrame:
-    pct = []
-    for s in ctx.spec.sources:
-        score = pl.col(C.score_col(s))
-        pct.append(
-            (score.rank("average").over(C.USER) / score.count().over(C.USER))
-            .cast(FLOAT)
-            .alias(f"{s}_score_pct")
-        )
-    if C.N_SOURCES not in ctx.candidates.collect_schema().names():
+    names = ctx.candidates.collect_schema().names()
+    missing = [s for s in ctx.spec.sources if f"{s}_score_pct" not in names]
+    pct = score_percentiles(missing)
+    if C.N_SOURCES not in names:
         proposed = [pl.col(C.score_col(s)).is_not_null().cast(pl.Int8) for s in ctx.spec.sources]
         pct.append(
             pl.sum_horizontal(pl.lit(0, pl.Int8), *proposed).cast(pl.Int8).alias(C.N_SOURCES)
