@@ -453,12 +453,20 @@ def build_features(cfg: Config) -> FeaturesResult:
         cands = _read_parquet(verified, f"candidates/{name}.parquet")
         labels = _read_parquet(verified, f"labels/{name}.parquet")
         spec = sample_spec(cfg)
+        percentiles: pl.DataFrame | None = None
         if name == "train" and (spec.negatives or spec.users):
-            # The ranker learns from a sample: features are built for it alone (what depends
-            # on the user's whole candidate list is computed first).
-            cands = with_score_percentiles(cands, list(cfg.candidates.sources))
+            # The ranker learns from a sample: features are built for it alone. What depends on
+            # the user's whole candidate list (score percentiles) is computed on it first.
             graded = attach_labels(cands.select(C.USER, C.ITEM, cs.ends_with("_rank")), labels)
             keys = sample_keys(graded, spec)
+            percentiles = (
+                with_score_percentiles(
+                    cands.select(C.USER, C.ITEM, cs.ends_with("_score")),
+                    list(cfg.candidates.sources),
+                )
+                .select(C.USER, C.ITEM, cs.ends_with("_score_pct"))
+                .join(keys, on=[C.USER, C.ITEM], how="semi")
+            )
             cands = cands.join(keys, on=[C.USER, C.ITEM], how="semi", maintain_order="left")
             del graded, keys
         builder = FeatureBuilder.from_config(
@@ -474,6 +482,8 @@ def build_features(cfg: Config) -> FeaturesResult:
             writer: pq.ParquetWriter | None = None
             try:
                 for frame in builder.build_shards(cands, shards[name]):
+                    if percentiles is not None:
+                        frame = _replace_columns(frame, percentiles)
                     frame = attach_labels(frame, labels)
                     table = frame.to_arrow()
                     if writer is None:
@@ -500,6 +510,14 @@ def build_features(cfg: Config) -> FeaturesResult:
         outputs=[f"features/{name}.parquet" for name in LABELLED_FOLDS],
     )
     return FeaturesResult(run, rows, names)
+
+
+def _replace_columns(frame: pl.DataFrame, values: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` with the columns of ``values`` (keyed by user, item) put in their place."""
+    keys = [C.USER, C.ITEM]
+    names = [c for c in values.columns if c not in keys and c in frame.columns]
+    aligned = frame.select(keys).join(values, on=keys, how="left", maintain_order="left")
+    return frame.with_columns(aligned.select(names).get_columns())
 
 
 # --------------------------------------------------------------------------- train

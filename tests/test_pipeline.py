@@ -239,3 +239,28 @@ def test_recommend_k_distinct_items_with_raw_ids(
     assert written.height == 4 * 5
     cold = written.filter(pl.col("user_id") == 987654321)
     assert cold["rank"].to_list() == [1, 2, 3, 4, 5]
+
+
+def test_sampled_training_rows_carry_full_list_features(done: tuple[Config, dict]) -> None:
+    """The train fold's features are built for the training sample only; each value must equal
+    what the full candidate list gives (the per-user score percentiles included)."""
+    from polars.testing import assert_frame_equal
+
+    from gbrank.data.split import history
+    from gbrank.runs import Run
+
+    cfg, results = done
+    run: Run = results["features"].run
+    sampled = pl.read_parquet(run.file("features/train.parquet"))
+    cands = pl.read_parquet(run.file("candidates/train.parquet"))
+    assert cfg.train.sample.negatives and sampled.height < cands.height
+    per_user = sampled.filter(pl.col(C.GRADE) == 0).group_by(C.USER).len()["len"]
+    assert per_user.max() <= cfg.train.sample.negatives
+    _, verified = pipeline.verify_run(cfg, "features")
+    data = pipeline._load_run_data(verified)
+    fold = data.folds["train"]
+    full = pipeline._features_for(cfg, cands, history(data.events, fold), data, fold.as_of)
+    expected = full.join(sampled.select(C.USER, C.ITEM), on=[C.USER, C.ITEM], how="semi")
+    assert_frame_equal(
+        sampled.select(expected.columns).sort(C.USER, C.ITEM), expected.sort(C.USER, C.ITEM)
+    )

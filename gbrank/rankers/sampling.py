@@ -52,7 +52,7 @@ class SampleSpec:
 
     users: int = 0  # at most this many users with a labelled candidate (0: every one)
     negatives: int = 0  # unlabelled rows kept per user (0: every one)
-    hard_share: float = 0.5  # of them, the share taken by best candidate rank
+    hard_share: float = 0.0  # of them, the share taken by best candidate rank
     seed: int = 0
 
 
