@@ -202,6 +202,8 @@ class SampleConfig:
     # Share of those negatives taken by best candidate rank (hard ones); the rest at random.
     # Measured on the synthetic shop, hard ones hurt (docs/architecture.md, "Training sample").
     hard_share: float = 0.0
+    # Folds with fewer candidate rows (of the chosen users) keep every negative.
+    min_rows: int = 100_000
 
 
 @dataclass
@@ -392,8 +394,8 @@ def validate(cfg: Config) -> Config:
         if value not in allowed:
             raise ConfigError(f"{name} = '{value}' is not one of {list(allowed)}")
     sample = cfg.train.sample
-    if sample.users < 0 or sample.negatives < 0:
-        raise ConfigError("train.sample.users and train.sample.negatives must be 0 (all) or more")
+    if sample.users < 0 or sample.negatives < 0 or sample.min_rows < 0:
+        raise ConfigError("train.sample.users, negatives and min_rows must be 0 (no limit) or more")
     if not 0.0 <= sample.hard_share <= 1.0:
         raise ConfigError("train.sample.hard_share must be in [0, 1]")
     if not 0.0 < cfg.train.valid_fraction < 1.0:

@@ -525,7 +525,9 @@ def _replace_columns(frame: pl.DataFrame, values: pl.DataFrame) -> pl.DataFrame:
 
 def sample_spec(cfg: Config) -> SampleSpec:
     sample = cfg.train.sample
-    return SampleSpec(sample.users, sample.negatives, sample.hard_share, cfg.run.seed)
+    return SampleSpec(
+        sample.users, sample.negatives, sample.hard_share, sample.min_rows, cfg.run.seed
+    )
 
 
 def training_rows(frame: pl.DataFrame, cfg: Config) -> pl.DataFrame:

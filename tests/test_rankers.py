@@ -62,7 +62,7 @@ def test_ranker_learns_signal_and_round_trips(tmp_path: Path) -> None:
 
 
 def test_training_rows_keep_every_positive() -> None:
-    cfg = load_config(None, ["train.sample.negatives=6"])
+    cfg = load_config(None, ["train.sample.negatives=6", "train.sample.min_rows=0"])
     frame = ranking_frame(3)
     # one user with no positive at all is dropped
     frame = frame.with_columns(

@@ -39,6 +39,8 @@ def brute_force(frame: pl.DataFrame, spec: SampleSpec) -> set[tuple[int, int]]:
         labelled = sorted(sorted(labelled, key=lambda u: (unit[u], u))[: spec.users])
     out = set()
     n_hard = round(spec.negatives * spec.hard_share)
+    if sum(r[C.USER] in set(labelled) for r in rows) < spec.min_rows:
+        spec = SampleSpec(users=spec.users, seed=spec.seed)  # every negative
     for user in labelled:
         mine = [r for r in rows if r[C.USER] == user]
         out |= {(user, r[C.ITEM]) for r in mine if r[C.GRADE] > 0}
@@ -74,6 +76,7 @@ def brute_force(frame: pl.DataFrame, spec: SampleSpec) -> set[tuple[int, int]]:
         SampleSpec(negatives=5, hard_share=0.0),
         SampleSpec(users=20, negatives=8, hard_share=0.25, seed=1),
         SampleSpec(users=1000, negatives=100),  # budgets above what there is: everything
+        SampleSpec(negatives=3, min_rows=10_000),  # a small fold keeps every negative
     ],
 )
 @pytest.mark.parametrize("seed", [0, 1])

@@ -4,7 +4,8 @@ Users with at least one labelled candidate are chosen by a stable hash of their 
 ``users``; every labelled row of a chosen user is kept, and ``negatives`` of its unlabelled
 rows: a share ``hard_share`` of them the user's best-ranked candidates (hard negatives: what the
 sources liked most and the user did not touch), the rest at random (a hashed key per pair;
-random ones also fill a hard quota that the ranked candidates cannot).
+random ones also fill a hard quota that the ranked candidates cannot). A fold with fewer than
+``min_rows`` rows keeps every negative: there is no time to save, and little data to lose.
 Everything is a whole-frame Polars or numpy operation; nothing loops over users.
 
 Example:
@@ -53,6 +54,7 @@ class SampleSpec:
     users: int = 0  # at most this many users with a labelled candidate (0: every one)
     negatives: int = 0  # unlabelled rows kept per user (0: every one)
     hard_share: float = 0.0  # of them, the share taken by best candidate rank
+    min_rows: int = 0  # below this many rows (of the chosen users) every negative is kept
     seed: int = 0
 
 
@@ -81,7 +83,7 @@ def sample_keys(
         labelled = np.sort(labelled[order[: spec.users]])
     chosen = pl.DataFrame({C.USER: pl.Series(labelled, dtype=pl.Int32)})
     rows = keys.join(chosen, on=C.USER, how="semi")
-    if spec.negatives:
+    if spec.negatives and rows.height >= spec.min_rows:
         n_hard = int(round(spec.negatives * spec.hard_share))
         rows = rows.with_columns(
             pl.Series(
