@@ -1,0 +1,117 @@
+"""Every stage at 1M, 10M or 100M events, each stage its own process.
+
+Synthesizes the shop (200k users x 50k items x 60 days is about 10M events; the event count is
+about 0.87 x users x days), runs ``generate``, ``features``, ``train``, ``eval`` and
+``recommend`` (every user) with the default config, and prints each stage's wall time, CPU time
+(user + system) and peak RSS as a table and as JSON.
+
+    python bench/bench_scale.py --events 1M
+    python bench/bench_scale.py --events 10M --workdir /tmp/scale10m
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SHOPS = {  # events -> (users, items, days)
+    "1M": (20_000, 5_000, 60),
+    "10M": (200_000, 50_000, 60),
+    "100M": (2_000_000, 200_000, 60),
+}
+
+
+def run_stage(args: list[str]) -> dict[str, float]:
+    """Run one command in a fresh process: wall, CPU and peak RSS of that process alone."""
+    wrapper = (
+        "import resource, subprocess, sys, json\n"
+        "p = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL)\n"
+        "u = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+        "print(json.dumps({'rc': p.returncode, 'cpu': u.ru_utime + u.ru_stime,"
+        " 'rss_mb': u.ru_maxrss / 1024}))\n"
+    )
+    t0 = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", wrapper, *args], capture_output=True, text=True, check=True
+    )
+    wall = time.perf_counter() - t0
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    if out["rc"] != 0:
+        raise SystemExit(f"{' '.join(args)} exited {out['rc']}")
+    return {"wall_s": round(wall, 1), "cpu_s": round(out["cpu"], 1), "rss_mb": round(out["rss_mb"])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", choices=sorted(SHOPS), default="1M")
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip", nargs="*", default=[], help="stages to leave out")
+    args = parser.parse_args()
+    users, items, days = SHOPS[args.events]
+    root = args.workdir or Path(tempfile.mkdtemp(prefix=f"gbrank_scale_{args.events}_"))
+    root.mkdir(parents=True, exist_ok=True)
+    shop = root / "shop"
+    gbrank = [sys.executable, "-m", "gbrank.cli"]
+    rows: dict[str, dict[str, float]] = {}
+    if not (shop / "events.parquet").exists():
+        rows["synth"] = run_stage(
+            [
+                *gbrank,
+                "data",
+                "synth",
+                "--users",
+                str(users),
+                "--items",
+                str(items),
+                "--days",
+                str(days),
+                "--seed",
+                str(args.seed),
+                "--out",
+                str(shop),
+            ]
+        )
+    config = root / "gbrank.toml"
+    config.write_text(
+        f'[data]\nevents = "{shop / "events.parquet"}"\nitems = "{shop / "items.parquet"}"\n'
+        f'users = "{shop / "users.parquet"}"\n[run]\nworkspace = "{root / "ws"}"\n'
+        'run_id = "scale"\n'
+    )
+    stages = {
+        "generate": ["generate"],
+        "features": ["features"],
+        "train": ["train"],
+        "eval": ["eval"],
+        "recommend": ["recommend", "--k", "20", "--out", str(root / "recs.parquet")],
+    }
+    for name, cmd in stages.items():
+        if name in args.skip:
+            continue
+        rows[name] = run_stage([*gbrank, *cmd, "-c", str(config)])
+        print(f"{name:<10} {rows[name]}", file=sys.stderr, flush=True)
+    pipeline = [r for n, r in rows.items() if n != "synth"]
+    total = {
+        "wall_s": round(sum(r["wall_s"] for r in pipeline), 1),
+        "cpu_s": round(sum(r["cpu_s"] for r in pipeline), 1),
+        "rss_mb": max(r["rss_mb"] for r in pipeline),
+    }
+    print(
+        f"shop {args.events}: {users:,} users x {items:,} items x {days} days "
+        f"({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+    )
+    print(f"{'stage':<10} {'wall':>9} {'cpu':>9} {'peak RSS':>10}")
+    for name, r in [*rows.items(), ("pipeline", total)]:
+        print(f"{name:<10} {r['wall_s']:>8.1f}s {r['cpu_s']:>8.1f}s {r['rss_mb']:>7,.0f} MB")
+    print(json.dumps({"events": args.events, "stages": rows, "pipeline": total}))
+
+
+if __name__ == "__main__":
+    main()
