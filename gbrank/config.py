@@ -228,6 +228,8 @@ class TrainConfig:
 class EvalConfig:
     ks: list[int] = field(default_factory=lambda: [10, 20])
     targets: list[str] = field(default_factory=lambda: list(TARGETS))
+    # Candidate rows scored at a time (whole users each): sets eval's peak memory.
+    batch_rows: int = 500_000
 
 
 @dataclass
@@ -381,6 +383,8 @@ def validate(cfg: Config) -> Config:
     for t in cfg.eval.targets:
         if t not in TARGETS:
             raise ConfigError(f"eval.targets: unknown target '{t}'{_nearest(t, TARGETS)}")
+    if cfg.eval.batch_rows < 1:
+        raise ConfigError("eval.batch_rows must be at least 1")
     if cfg.folds.horizon_days < 1:
         raise ConfigError("folds.horizon_days must be at least 1")
     choices = {

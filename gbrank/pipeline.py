@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -536,6 +537,20 @@ def training_rows(frame: pl.DataFrame, cfg: Config) -> pl.DataFrame:
     return frame.join(keys, on=[C.USER, C.ITEM], how="semi").sort(C.USER, C.ITEM)
 
 
+def _read_sample(path: Path, cfg: Config) -> pl.DataFrame:
+    """The training sample of a features file, reading the wide columns of sampled rows only:
+    the keys, grades and ranks pick the rows, then a streaming scan gathers them."""
+    names = pl.scan_parquet(path).collect_schema().names()
+    picked = [c for c in names if c in (C.USER, C.ITEM, C.GRADE) or c.endswith("_rank")]
+    keys = sample_keys(pl.read_parquet(path, columns=picked), sample_spec(cfg))
+    return (
+        pl.scan_parquet(path)
+        .join(keys.lazy(), on=[C.USER, C.ITEM], how="semi")
+        .collect(engine="streaming")
+        .sort(C.USER, C.ITEM)
+    )
+
+
 def check_training_rows(rows: pl.DataFrame, fold: str) -> None:
     """A DataError when a fold's labelled candidates leave nothing to rank: fewer than two
     users, or a single relevance grade (all rows equally relevant)."""
@@ -607,7 +622,7 @@ def train(cfg: Config) -> TrainResult:
         )
     ranker = make_ranker(cfg).fit(train_part, features, C.GRADE, valid=valid_part)
     del frame, rows
-    serve_rows = training_rows(_read_parquet(verified, "features/eval.parquet"), cfg)
+    serve_rows = _read_sample(verified.path("features/eval.parquet"), cfg)
     check_training_rows(serve_rows, "eval")
     serve = make_ranker(cfg, num_boost_round=ranker.best_iteration_, early_stopping_rounds=0)
     serve.fit(serve_rows, features, C.GRADE)
@@ -710,19 +725,23 @@ def evaluate(cfg: Config) -> EvalResult:
     """Stage 4: score the eval fold with the train-fold ranker; compare with every source."""
     t0 = time.perf_counter()
     run, verified = verify_run(cfg, "eval")
-    frame = _read_parquet(verified, "features/eval.parquet")
+    features_path = verified.path("features/eval.parquet")
     labels = _read_parquet(verified, "labels/eval.parquet")
     ranker = _load_ranker(verified, EVAL_MODEL)
     k_max = max(cfg.eval.ks)
     rank_cols = [C.rank_col(s) for s in cfg.candidates.sources]
-    # Top-K sorts only the keys and the scores, never the wide feature frame.
-    scored = frame.select(C.USER, C.ITEM, *rank_cols).with_columns(
-        pl.Series("_ranker", ranker.predict(frame))
-    )
-    del frame
-    lists = {RANKER: top_k(scored, "_ranker", k_max)}
-    for source, col in zip(cfg.candidates.sources, rank_cols, strict=True):
-        lists[source] = top_k(scored, col, k_max, descending=False)
+    parts: dict[str, list[pl.DataFrame]] = {RANKER: [], **{s: [] for s in cfg.candidates.sources}}
+    # Batch by batch, whole users each: only the top-K lists are kept, so memory follows the
+    # batch, and top-K sorts only the keys and the scores, never the wide feature frame.
+    for frame in user_batches(features_path, cfg.eval.batch_rows):
+        scored = frame.select(C.USER, C.ITEM, *rank_cols).with_columns(
+            pl.Series("_ranker", ranker.predict(frame))
+        )
+        del frame
+        parts[RANKER].append(top_k(scored, "_ranker", k_max))
+        for source, col in zip(cfg.candidates.sources, rank_cols, strict=True):
+            parts[source].append(top_k(scored, col, k_max, descending=False))
+    lists = {model: _concat_lists(frames) for model, frames in parts.items()}
     rows: list[dict[str, Any]] = []
     users: dict[str, int] = {}
     for target in cfg.eval.targets:
@@ -745,6 +764,34 @@ def evaluate(cfg: Config) -> EvalResult:
         cfg.hash(), cfg.run.seed, {"data": verified.records["generate"]["data_fingerprint"]}
     )
     return EvalResult(run, metrics, users)
+
+
+def user_batches(path: Path, batch_rows: int) -> Iterator[pl.DataFrame]:
+    """The rows of a features file in batches of about ``batch_rows``, each holding whole users
+    (a file's users are contiguous: each shard is sorted by user and holds its users alone)."""
+    import pyarrow.parquet as pq
+
+    carry: pl.DataFrame | None = None
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=max(batch_rows, 1)):
+        frame = pl.from_arrow(batch)
+        assert isinstance(frame, pl.DataFrame)
+        if carry is not None:
+            frame = pl.concat([carry, frame])
+        last = frame[C.USER][-1]
+        tail = frame[C.USER] == last  # the last user may go on in the next batch
+        carry = frame.filter(tail)
+        if not tail.all():
+            yield frame.filter(~tail)
+    if carry is not None and carry.height:
+        yield carry
+
+
+def _concat_lists(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    if frames:
+        return pl.concat(frames)
+    return pl.DataFrame(
+        schema={C.USER: pl.Int32, C.ITEM: pl.Int32, C.RANK: pl.Int32, C.SCORE: pl.Float64}
+    )
 
 
 def _load_ranker(verified: Verified, stem: str) -> LightGBMRanker:
