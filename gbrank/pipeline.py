@@ -776,12 +776,13 @@ def user_batches(path: Path, batch_rows: int) -> Iterator[pl.DataFrame]:
         frame = pl.from_arrow(batch)
         assert isinstance(frame, pl.DataFrame)
         if carry is not None:
-            frame = pl.concat([carry, frame])
-        last = frame[C.USER][-1]
-        tail = frame[C.USER] == last  # the last user may go on in the next batch
-        carry = frame.filter(tail)
-        if not tail.all():
-            yield frame.filter(~tail)
+            frame = pl.concat([carry, frame], rechunk=False)
+        users = frame[C.USER].to_numpy()
+        changes = np.flatnonzero(users[1:] != users[:-1])
+        start = int(changes[-1]) + 1 if changes.size else 0  # the last user's first row
+        carry = frame.slice(start)  # the last user may go on in the next batch
+        if start:
+            yield frame.slice(0, start)
     if carry is not None and carry.height:
         yield carry
 
