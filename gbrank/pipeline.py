@@ -45,7 +45,7 @@ from gbrank.data.vocab import Vocab
 from gbrank.errors import DataError, MissingInputError, warn
 from gbrank.features.builders import build_features as _build_features
 from gbrank.features.builders import feature_columns
-from gbrank.features.families.source import with_score_percentiles
+from gbrank.features.families.source import put_percentiles, sample_percentiles
 from gbrank.features.labels import attach_labels, build_labels, relevant_items
 from gbrank.metrics import candidate_report, metrics_rows, ranking_metrics
 from gbrank.rankers.lightgbm import LightGBMRanker
@@ -455,19 +455,12 @@ def build_features(cfg: Config) -> FeaturesResult:
         labels = _read_parquet(verified, f"labels/{name}.parquet")
         spec = sample_spec(cfg)
         percentiles: pl.DataFrame | None = None
-        if name == "train" and (spec.negatives or spec.users):
+        if name == "train":
             # The ranker learns from a sample: features are built for it alone. What depends on
             # the user's whole candidate list (score percentiles) is computed on it first.
             graded = attach_labels(cands.select(C.USER, C.ITEM, cs.ends_with("_rank")), labels)
             keys = sample_keys(graded, spec)
-            percentiles = (
-                with_score_percentiles(
-                    cands.select(C.USER, C.ITEM, cs.ends_with("_score")),
-                    list(cfg.candidates.sources),
-                )
-                .select(C.USER, C.ITEM, cs.ends_with("_score_pct"))
-                .join(keys, on=[C.USER, C.ITEM], how="semi")
-            )
+            percentiles = sample_percentiles(cands, keys, list(cfg.candidates.sources))
             cands = cands.join(keys, on=[C.USER, C.ITEM], how="semi", maintain_order="left")
             del graded, keys
         builder = FeatureBuilder.from_config(
@@ -484,7 +477,7 @@ def build_features(cfg: Config) -> FeaturesResult:
             try:
                 for frame in builder.build_shards(cands, shards[name]):
                     if percentiles is not None:
-                        frame = _replace_columns(frame, percentiles)
+                        frame = put_percentiles(frame, percentiles)
                     frame = attach_labels(frame, labels)
                     table = frame.to_arrow()
                     if writer is None:
@@ -511,14 +504,6 @@ def build_features(cfg: Config) -> FeaturesResult:
         outputs=[f"features/{name}.parquet" for name in LABELLED_FOLDS],
     )
     return FeaturesResult(run, rows, names)
-
-
-def _replace_columns(frame: pl.DataFrame, values: pl.DataFrame) -> pl.DataFrame:
-    """``frame`` with the columns of ``values`` (keyed by user, item) put in their place."""
-    keys = [C.USER, C.ITEM]
-    names = [c for c in values.columns if c not in keys and c in frame.columns]
-    aligned = frame.select(keys).join(values, on=keys, how="left", maintain_order="left")
-    return frame.with_columns(aligned.select(names).get_columns())
 
 
 # --------------------------------------------------------------------------- train
@@ -607,10 +592,10 @@ def train(cfg: Config) -> TrainResult:
     t0 = time.perf_counter()
     check_params(cfg.train.params, "train.params")
     run, verified = verify_run(cfg, "train")
-    frame = _read_parquet(verified, "features/train.parquet")
+    # The features stage built the train fold for the training sample alone.
+    rows = _read_parquet(verified, "features/train.parquet").sort(C.USER, C.ITEM)
     verified.path("features/eval.parquet")
-    features = feature_columns(frame)
-    rows = training_rows(frame, cfg)
+    features = feature_columns(rows)
     check_training_rows(rows, "train")
     in_valid = pl.Series(validation_mask(rows[C.USER].to_numpy(), cfg))
     train_part, valid_part = rows.filter(~in_valid), rows.filter(in_valid)
@@ -621,7 +606,7 @@ def train(cfg: Config) -> TrainResult:
             "Fix: more data, a longer folds.horizon_days, or train.early_stopping_rounds = 0"
         )
     ranker = make_ranker(cfg).fit(train_part, features, C.GRADE, valid=valid_part)
-    del frame, rows
+    del rows
     serve_rows = _read_sample(verified.path("features/eval.parquet"), cfg)
     check_training_rows(serve_rows, "eval")
     serve = make_ranker(cfg, num_boost_round=ranker.best_iteration_, early_stopping_rounds=0)

@@ -305,12 +305,16 @@ class Run:
             return {}  # timings only: a damaged file is replaced, not trusted
 
     def write_manifest(self, config_hash: str, seed: int, inputs: dict[str, str]) -> Path:
-        """Write manifest.json last: hashes of every output file, timings, versions."""
-        outputs = {
-            str(p.relative_to(self.path)): file_sha256(p)
-            for p in sorted(self.path.rglob("*"))
-            if p.is_file() and p.name not in (MANIFEST,) and not p.name.startswith(".")
-        }
+        """Write manifest.json last: hashes of every output file (taken from the stage
+        records, which hashed them as they were written), timings, versions."""
+        outputs: dict[str, str] = {}
+        for stage in STAGES:
+            record = self.record(stage)
+            if record is not None:
+                outputs.update(record["outputs"])
+                outputs[f"{RECORDS}/{stage}.json"] = file_sha256(self._record_file(stage))
+        outputs[PROGRESS] = file_sha256(self.file(PROGRESS))
+        outputs = dict(sorted(outputs.items()))
         manifest = {
             "run_id": self.id,
             "config_hash": config_hash,

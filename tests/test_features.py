@@ -674,7 +674,7 @@ def test_features_of_a_sample_equal_those_of_the_full_candidate_list() -> None:
     """Training builds features for sampled rows only; every value (per-user percentiles of
     the sources' scores included) must equal what the full list gives, or training would see
     other features than serving."""
-    from gbrank.features.families.source import with_score_percentiles
+    from gbrank.features.families.source import put_percentiles, sample_percentiles
     from gbrank.rankers.sampling import SampleSpec, sample_keys
 
     events = random_events(7)
@@ -685,9 +685,10 @@ def test_features_of_a_sample_equal_those_of_the_full_candidate_list() -> None:
     )
     keys = sample_keys(graded, SampleSpec(negatives=2, hard_share=0.5))
     assert 0 < keys.height < cands.height
-    sampled_cands = with_score_percentiles(cands, ["pop", "knn"]).join(
-        keys, on=[C.USER, C.ITEM], how="semi"
+    sampled_cands = cands.join(keys, on=[C.USER, C.ITEM], how="semi")
+    sampled = put_percentiles(
+        build_features(sampled_cands, events, AS_OF, items_table()),
+        sample_percentiles(cands, keys, ["pop", "knn"]),
     )
-    sampled = build_features(sampled_cands, events, AS_OF, items_table())
     expected = full.join(keys, on=[C.USER, C.ITEM], how="semi")
     assert_frame_equal(sampled.select(expected.columns), expected)

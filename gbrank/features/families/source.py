@@ -37,9 +37,8 @@ def columns(spec: FeatureSpec) -> list[Column]:
 
 
 def passthrough(spec: FeatureSpec) -> set[str]:
-    """The columns this family may read from the candidate rows rather than compute (the
-    percentiles when :func:`with_score_percentiles` put them there)."""
-    return {c.name for c in columns(spec) if c.dtype is None or c.name.endswith("_score_pct")}
+    """The columns this family reads from the candidate rows rather than computes."""
+    return {c.name for c in columns(spec) if c.dtype is None}
 
 
 def score_percentiles(sources: list[str] | tuple[str, ...]) -> list[pl.Expr]:
@@ -55,18 +54,32 @@ def score_percentiles(sources: list[str] | tuple[str, ...]) -> list[pl.Expr]:
     ]
 
 
-def with_score_percentiles(candidates: pl.DataFrame, sources: list[str]) -> pl.DataFrame:
-    """The candidate rows with their per-user percentiles, for rows that will be sampled:
-    a percentile is relative to the user's whole candidate list, so it must be computed
-    before rows are dropped, or training would see other values than serving."""
+def sample_percentiles(
+    candidates: pl.DataFrame, keys: pl.DataFrame, sources: list[str]
+) -> pl.DataFrame:
+    """The per-user percentiles of the rows in ``keys``, computed on the whole candidate list:
+    a percentile is relative to the user's list, so features built for a sample get these
+    (through :func:`put_percentiles`), or training would see other values than serving."""
     present = [s for s in sources if C.score_col(s) in candidates.columns]
-    return candidates.with_columns(score_percentiles(present))
+    return (
+        candidates.select(*KEYS, *[C.score_col(s) for s in present])
+        .with_columns(score_percentiles(present))
+        .select(*KEYS, *[f"{s}_score_pct" for s in present])
+        .join(keys, on=KEYS, how="semi")
+    )
+
+
+def put_percentiles(frame: pl.DataFrame, percentiles: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` (built features) with the percentiles of :func:`sample_percentiles` in place
+    of the ones computed on the sample."""
+    names = [c for c in percentiles.columns if c not in KEYS and c in frame.columns]
+    aligned = frame.select(KEYS).join(percentiles, on=KEYS, how="left", maintain_order="left")
+    return frame.with_columns(aligned.select(names).get_columns())
 
 
 def build(ctx: FeatureContext) -> pl.LazyFrame:
     names = ctx.candidates.collect_schema().names()
-    missing = [s for s in ctx.spec.sources if f"{s}_score_pct" not in names]
-    pct = score_percentiles(missing)
+    pct = score_percentiles(ctx.spec.sources)
     if C.N_SOURCES not in names:
         proposed = [pl.col(C.score_col(s)).is_not_null().cast(pl.Int8) for s in ctx.spec.sources]
         pct.append(
