@@ -390,11 +390,10 @@ def recommend(
 
     check_table_suffix(out, "--out")  # a usage error (exit 2) before any work
     cfg = resolve_config(config, set_, workspace)
-    result = pipeline.recommend(cfg, k, users)
-    path = pipeline.save_recommendations(result, out)
+    result = pipeline.write_recommendations(cfg, k, out, users)
     _echo(
-        f"wrote {result.recs.height:,} rows for {result.n_users:,} users "
-        f"({result.n_cold:,} cold, served by popularity) to {path}"
+        f"wrote {result.rows:,} rows for {result.n_users:,} users "
+        f"({result.n_cold:,} cold, served by popularity) to {result.path}"
     )
 
 

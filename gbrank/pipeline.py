@@ -279,7 +279,9 @@ def source_lists(
     and not yet resolved) for ``users``, in batches of ``candidates.batch_users``."""
     frames: dict[str, pl.DataFrame] = {}
     seconds: dict[str, float] = {}
-    for source, budget in _sources(cfg):
+    sources = _sources(cfg)
+    while sources:  # one fitted source alive at a time
+        source, budget = sources.pop(0)
         n = budgets[source.name] if budgets else budget.generate_n
         t0 = time.perf_counter()
         source.fit(
@@ -318,6 +320,43 @@ def combine(cfg: Config, frames: dict[str, pl.DataFrame], budgets: dict[str, int
     lists = {name: truncate(frame, budgets[name]) for name, frame in frames.items()}
     union = union_candidates(lists)
     return cap_per_user(union, list(lists), cfg.candidates.max_per_user)
+
+
+SOURCES_DIR = "sources"  # the serving fold's fitted sources, one .npz each
+
+
+def source_file(name: str) -> str:
+    return f"{SOURCES_DIR}/{name}.npz"
+
+
+def fit_serving_sources(
+    cfg: Config, data: RunData, run: Run, seconds: dict[str, dict[str, float]]
+) -> list[str]:
+    """Fit every source on the whole history (the inference fold) and save it, one at a
+    time, so ``recommend`` scores users without refitting anything."""
+    from gbrank.candidates.state import save_source
+
+    fold = data.folds["inference"]
+    hist = history(data.events, fold)
+    written = []
+    seconds["inference"] = {}
+    sources = [source for source, _ in _sources(cfg)]
+    while sources:  # one fitted source alive at a time
+        source = sources.pop(0)
+        t0 = time.perf_counter()
+        source.fit(
+            hist,
+            n_users=len(data.users),
+            n_items=len(data.items),
+            as_of=fold.as_of,
+            items=data.item_attrs,
+            users=data.user_attrs,
+        )
+        save_source(source, run.file(source_file(source.name)))
+        written.append(source_file(source.name))
+        seconds["inference"][source.name] = time.perf_counter() - t0
+        del source
+    return written
 
 
 @dataclass
@@ -365,6 +404,8 @@ def generate(cfg: Config) -> GenerateResult:
                     (pl.col("candidates") / max(len(users), 1)).alias("candidates_per_user"),
                 )
             )
+    # The serving fold (all events): every source fitted once and saved, for recommend.
+    outputs += fit_serving_sources(cfg, data, run, seconds)
     recall = pl.concat(reports).select(
         "fold",
         "target",
@@ -790,9 +831,11 @@ def _load_ranker(verified: Verified, stem: str) -> LightGBMRanker:
 
 @dataclass
 class RecommendResult:
-    recs: pl.DataFrame  # user_id, item_id, score, rank (raw ids)
+    recs: pl.DataFrame  # user_id, item_id, score, rank (raw ids); empty when written to a file
     n_users: int
     n_cold: int
+    rows: int = 0
+    path: Path | None = None
 
 
 def read_user_list(path: Path) -> pl.Series:
@@ -827,109 +870,191 @@ def read_user_list(path: Path) -> pl.Series:
     return ids
 
 
-def recommend(cfg: Config, k: int, users_file: str | Path | None = None) -> RecommendResult:
-    """Top-``k`` items per user at the end of the data, with raw ids.
+class Recommender:
+    """Serves top-``k`` lists at the end of the data, batch by batch of users.
 
-    Sources are refit on all events and scored by the serving ranker (fitted on the fold that
-    ends at the end of the data). Users unknown to the data get popularity.
+    The sources come fitted from the generate stage (``sources/*.npz``, fitted on every event),
+    the serving ranker from the train stage; nothing is refit. Known users are served in
+    batches of ``candidates.batch_users`` (in user-code order); within a batch, features are
+    built and scored shard by shard (``features.shard_rows``), keeping only each shard's top-k.
+    So memory follows those two settings, not the number of users. Users unknown to the data
+    get popularity, after the known ones.
     """
-    raw = read_user_list(Path(users_file)) if users_file is not None else None
-    run, verified = verify_run(cfg, "eval")  # every stage up to train
-    data = _load_run_data(verified)
-    ranker = _load_ranker(verified, SERVE_MODEL)
-    fold = data.folds["inference"]
-    if raw is not None:
-        codes = data.users.encode(raw)
-        known = codes.drop_nulls().unique().sort().to_numpy()
-        cold_raw = raw.filter(codes.is_null())
-    else:
-        known = np.arange(len(data.users), dtype=np.int32)
-        cold_raw = pl.Series(C.RAW_USER, [], dtype=data.users.dtype)
 
-    hist = data.events
-    popularity = build_source("popularity", "popularity", {"filter_seen": False}).fit(
-        hist, n_users=len(data.users), n_items=len(data.items), as_of=fold.as_of
-    )
-    pop_list = popularity.generate(np.array([0], dtype=np.int32), k)[C.ITEM].to_list()
-    budgets = _read_json(verified, "candidates/budgets.json")
-    parts = []
-    sources = [
-        s.fit(
-            hist,
-            n_users=len(data.users),
-            n_items=len(data.items),
-            as_of=fold.as_of,
-            items=data.item_attrs,
-            users=data.user_attrs,
+    def __init__(self, cfg: Config, k: int, users_file: str | Path | None = None) -> None:
+        from gbrank.candidates.state import load_source
+        from gbrank.features.builders import FeatureBuilder
+
+        raw = read_user_list(Path(users_file)) if users_file is not None else None
+        _, verified = verify_run(cfg, "eval")  # every stage up to train
+        self.cfg, self.k = cfg, k
+        self.data = data = _load_run_data(verified)
+        self.ranker = _load_ranker(verified, SERVE_MODEL)
+        self.budgets: dict[str, int] = _read_json(verified, "candidates/budgets.json")
+        self.sources = [
+            load_source(verified.path(source_file(name))) for name in cfg.candidates.sources
+        ]
+        if raw is not None:
+            codes = data.users.encode(raw)
+            self.known = codes.drop_nulls().unique().sort().to_numpy()
+            self.cold_raw = raw.filter(codes.is_null())
+        else:
+            self.known = np.arange(len(data.users), dtype=np.int32)
+            self.cold_raw = pl.Series(C.RAW_USER, [], dtype=data.users.dtype)
+        fold = data.folds["inference"]
+        hist = history(data.events, fold)
+        popularity = build_source("popularity", "popularity", {"filter_seen": False}).fit(
+            hist, n_users=len(data.users), n_items=len(data.items), as_of=fold.as_of
         )
-        for s, _ in _sources(cfg)
-    ]
-    for i in range(0, len(known), cfg.candidates.batch_users):
-        batch = known[i : i + cfg.candidates.batch_users]
-        frames = {s.name: s.generate(batch, budgets[s.name]) for s in sources}
-        cands = combine(cfg, frames, budgets)
-        feats = _features_for(cfg, cands, hist, data, fold.as_of)
-        scored = feats.select(C.USER, C.ITEM).with_columns(
-            pl.Series(C.SCORE, ranker.predict(feats), dtype=pl.Float64)
+        self.pop_list = popularity.generate(np.array([0], dtype=np.int32), k)[C.ITEM].to_list()
+        self.builder = FeatureBuilder.from_config(
+            cfg, hist, fold.as_of, items=data.item_attrs, users=data.user_attrs
         )
-        parts.append(_fill_to_k(scored, batch, pop_list, k))
-    recs = (
-        pl.concat(parts)
-        if parts
-        else pl.DataFrame(
-            schema={C.USER: pl.Int32, C.ITEM: pl.Int32, C.SCORE: pl.Float64, C.RANK: pl.Int32}
+        # Raw user ids keep the vocabulary's type, unless an unknown id does not parse as it:
+        # then every id is written as text (decided now, so every batch has one schema).
+        self.user_dtype: pl.DataType = data.users.dtype
+        if self.cold_raw.len():
+            parsed = self.cold_raw.cast(self.user_dtype, strict=False)
+            if parsed.null_count() > 0:
+                self.user_dtype = pl.String()
+
+    @property
+    def n_users(self) -> int:
+        return len(self.known) + self.cold_raw.len()
+
+    def batches(self) -> Iterator[pl.DataFrame]:
+        """Frames of ``user_id, item_id, score, rank`` (raw ids), known users first."""
+        from gbrank.features.sharding import plan_shards
+
+        cfg = self.cfg
+        step = max(cfg.candidates.batch_users, 1)
+        for start in range(0, len(self.known), step):
+            batch = self.known[start : start + step]
+            frames = {s.name: s.generate(batch, self.budgets[s.name]) for s in self.sources}
+            cands = combine(cfg, frames, self.budgets)
+            del frames
+            n_shards = plan_shards(cands.height, cfg.features.shards, cfg.features.shard_rows)
+            lists = []
+            for feats in self.builder.build_shards(cands, n_shards):
+                scored = feats.select(C.USER, C.ITEM).with_columns(
+                    pl.Series(C.SCORE, self.ranker.predict(feats), dtype=pl.Float64)
+                )
+                del feats
+                lists.append(top_k(scored, C.SCORE, self.k))
+            del cands
+            scored = _concat_lists(lists).select(C.USER, C.ITEM, C.SCORE)
+            recs = _fill_to_k(scored, batch, self.pop_list, self.k)
+            yield self._raw(recs)
+        if self.cold_raw.len():
+            yield self._cold()
+
+    def _raw(self, recs: pl.DataFrame) -> pl.DataFrame:
+        return pl.DataFrame(
+            {
+                C.RAW_USER: self.data.users.decode(recs[C.USER]).cast(self.user_dtype),
+                C.RAW_ITEM: self.data.items.decode(recs[C.ITEM]),
+                C.SCORE: recs[C.SCORE],
+                C.RANK: recs[C.RANK],
+            }
         )
-    )
-    out = pl.DataFrame(
-        {
-            C.RAW_USER: data.users.decode(recs[C.USER]),
-            C.RAW_ITEM: data.items.decode(recs[C.ITEM]),
-            C.SCORE: recs[C.SCORE],
-            C.RANK: recs[C.RANK],
-        }
-    )
-    if cold_raw.len():
-        pop_items = data.items.decode(pl.Series(pop_list, dtype=pl.Int32))
-        cold = pl.DataFrame({C.RAW_USER: cold_raw}).join(
+
+    def _cold(self) -> pl.DataFrame:
+        pop_items = self.data.items.decode(pl.Series(self.pop_list, dtype=pl.Int32))
+        n = len(self.pop_list)
+        return pl.DataFrame({C.RAW_USER: self.cold_raw.cast(self.user_dtype)}).join(
             pl.DataFrame(
                 {
                     C.RAW_ITEM: pop_items,
-                    C.SCORE: pl.Series([None] * len(pop_list), dtype=pl.Float64),
-                    C.RANK: pl.int_range(1, len(pop_list) + 1, dtype=pl.Int32, eager=True),
+                    C.SCORE: pl.Series([None] * n, dtype=pl.Float64),
+                    C.RANK: pl.int_range(1, n + 1, dtype=pl.Int32, eager=True),
                 }
             ),
             how="cross",
         )
-        try:
-            cold = cold.cast(out.schema, strict=True)  # type: ignore[arg-type]
-        except pl.exceptions.InvalidOperationError:
-            # Unknown ids that do not parse as the vocabulary's type: write every id as text.
-            out = out.with_columns(pl.col(C.RAW_USER).cast(pl.String))
-            cold = cold.cast(out.schema)  # type: ignore[arg-type]
-        out = pl.concat([out, cold])
-    return RecommendResult(out, len(known) + cold_raw.len(), cold_raw.len())
+
+
+def recommend(cfg: Config, k: int, users_file: str | Path | None = None) -> RecommendResult:
+    """Top-``k`` items per user at the end of the data, with raw ids, as one frame.
+
+    For every user of a large shop, :func:`write_recommendations` streams to a file instead.
+    """
+    rec = Recommender(cfg, k, users_file)
+    recs = pl.concat(list(rec.batches()))
+    return RecommendResult(recs, rec.n_users, rec.cold_raw.len(), recs.height)
+
+
+def write_recommendations(
+    cfg: Config, k: int, out: str | Path, users_file: str | Path | None = None
+) -> RecommendResult:
+    """Top-``k`` items per user, written to ``out`` (.parquet or .csv) batch by batch as they
+    are made; the file appears under its name only when complete."""
+    import pyarrow.parquet as pq
+
+    from gbrank.atomic import atomic_path, check_table_suffix
+
+    path = Path(out)
+    check_table_suffix(path)
+    rec = Recommender(cfg, k, users_file)
+    rows = 0
+    with atomic_path(path) as tmp:
+        if path.suffix.lower() == ".csv":
+            with open(tmp, "w", newline="") as fh:
+                for i, frame in enumerate(rec.batches()):
+                    frame.write_csv(fh, include_header=i == 0)
+                    rows += frame.height
+                if rows == 0:
+                    fh.write(",".join((C.RAW_USER, C.RAW_ITEM, C.SCORE, C.RANK)) + "\n")
+        else:
+            writer: pq.ParquetWriter | None = None
+            try:
+                for frame in rec.batches():
+                    table = frame.to_arrow()
+                    if writer is None:
+                        writer = pq.ParquetWriter(tmp, table.schema)
+                    writer.write_table(table.cast(writer.schema))
+                    rows += frame.height
+                if writer is None:
+                    pl.DataFrame(
+                        schema={
+                            C.RAW_USER: rec.user_dtype,
+                            C.RAW_ITEM: rec.data.items.dtype,
+                            C.SCORE: pl.Float64,
+                            C.RANK: pl.Int32,
+                        }
+                    ).write_parquet(tmp)
+            finally:
+                if writer is not None:
+                    writer.close()
+    empty = pl.DataFrame()
+    return RecommendResult(empty, rec.n_users, rec.cold_raw.len(), rows, path)
 
 
 def _fill_to_k(
     scored: pl.DataFrame, users: np.ndarray, pop_list: list[int], k: int
 ) -> pl.DataFrame:
     """Top-k of the ranked candidates; users with fewer than k are topped up with popular items
-    they were not already given (scored below every ranked item)."""
-    floor = float(scored[C.SCORE].min() or 0.0) - 1.0  # type: ignore[arg-type]
+    they were not already given, scored below each user's own lowest score (so a user's list
+    does not depend on who else is in the batch)."""
+    floors = scored.group_by(C.USER).agg((pl.col(C.SCORE).min() - 1.0).alias("_floor"))
     pop = pl.DataFrame(
         {
             C.ITEM: pl.Series(pop_list, dtype=pl.Int32),
-            C.SCORE: floor - np.arange(len(pop_list), dtype=np.float64),
+            "_step": np.arange(len(pop_list), dtype=np.float64),
         }
     )
-    filler = pl.DataFrame({C.USER: pl.Series(users, dtype=pl.Int32)}).join(pop, how="cross")
-    filler = filler.join(scored, on=[C.USER, C.ITEM], how="anti")
+    filler = (
+        pl.DataFrame({C.USER: pl.Series(users, dtype=pl.Int32)})
+        .join(pop, how="cross")
+        .join(scored, on=[C.USER, C.ITEM], how="anti")
+        .join(floors, on=C.USER, how="left")
+        .select(C.USER, C.ITEM, (pl.col("_floor").fill_null(-1.0) - pl.col("_step")).alias(C.SCORE))
+    )
     both = pl.concat([scored, filler.select(scored.columns)])
     return top_k(both, C.SCORE, k)
 
 
 def save_recommendations(result: RecommendResult, out: str | Path) -> Path:
-    """Write the recommendations to ``out`` (.parquet or .csv), atomically."""
+    """Write collected recommendations to ``out`` (.parquet or .csv), atomically."""
     path = Path(out)
     atomic_write_table(result.recs, path)
     return path

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -31,6 +32,7 @@ from gbrank.candidates import (
 )
 from gbrank.candidates._scoring import top_k_dense, top_k_sparse
 from gbrank.candidates.base import rank_candidates
+from gbrank.candidates.state import load_source, save_source
 from gbrank.columns import EVENT, EVENT_CODE, ITEM, N_SOURCES, RANK, SCORE, SESSION, TS, USER
 from gbrank.errors import ConfigError, DataError, NotFittedError
 
@@ -275,6 +277,18 @@ class TestSourceConformance:
         users = run.users[::-1].tolist() * 2
         assert_frame_equal(run.source.generate(pl.Series(users), run.data.k), run.out)
         assert_frame_equal(run.source.generate(users, run.data.k), run.out)
+
+    def test_save_load_round_trip(self, run: Run, tmp_path: Path) -> None:
+        path = tmp_path / f"{run.case}.npz"
+        save_source(run.source, path)
+        loaded = load_source(path)
+        assert type(loaded) is type(run.source)
+        assert loaded.get_params() == {
+            k: list(v) if isinstance(v, tuple) else v for k, v in run.source.get_params().items()
+        }
+        assert loaded.name == run.source.name
+        assert not hasattr(loaded, "model_")  # rebuilt from plain arrays, nothing pickled
+        assert_frame_equal(loaded.generate(run.users, run.data.k), run.out)
 
     def test_no_users(self, run: Run) -> None:
         empty = run.source.generate(np.array([], dtype=np.int32), run.data.k)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 from typer.testing import CliRunner
 
 from gbrank import columns as C
@@ -289,3 +290,39 @@ def test_eval_in_batches_gives_the_same_metrics(done: tuple[Config, dict], shop:
         assert again.drop("value").equals(before.drop("value"))
         # Equal up to the order of Polars' parallel float sums (seen: 5.6e-17).
         assert (again["value"] - before["value"]).abs().max() < 1e-12, batch_rows
+
+
+def test_one_shard_and_four_shards_give_identical_results(
+    done: tuple[Config, dict], shop: Path, tmp_path: Path
+) -> None:
+    """Features built in 4 shards, eval read in small batches, recommend served in 4 user
+    batches of 4 feature shards each: the same metrics and the same lists as one shard."""
+    cfg, results = done
+    one = pipeline.recommend(cfg, k=10).recs
+    n_users = one["user_id"].n_unique()
+    sharded = load_config(
+        None,
+        [
+            f'data.events="{shop / "events.parquet"}"',
+            f'data.items="{shop / "items.parquet"}"',
+            f'run.workspace="{tmp_path}"',
+            "candidates.sources.als.iterations=8",
+            "features.shards=4",
+            "eval.batch_rows=5000",
+            f"candidates.batch_users={n_users // 4 + 1}",
+        ],
+    )
+    pipeline.generate(sharded)
+    features = pipeline.build_features(sharded)
+    pipeline.train(sharded)
+    metrics = pipeline.evaluate(sharded).metrics
+    progress = json.loads(features.run.file("progress.json").read_text())
+    assert progress["features"]["shards"] == {"train": 4, "eval": 4}
+    assert features.rows["eval"] > 4 * 5000  # eval reads several batches
+    assert_frame_equal(metrics, results["eval"].metrics)
+    four = pipeline.recommend(sharded, k=10).recs
+    assert_frame_equal(four, one)
+    out = tmp_path / "recs.parquet"
+    written = pipeline.write_recommendations(sharded, 10, out)
+    assert written.rows == one.height and written.path == out
+    assert_frame_equal(pl.read_parquet(out), one)

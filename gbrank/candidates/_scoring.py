@@ -292,14 +292,17 @@ class FactorModelSource(CandidateSource):
             model = self._make_model()
             model.fit(self.user_items_, show_progress=False)
         self.model_ = model
+        # What scoring needs, as plain arrays (the saved state; see candidates.state).
+        self.user_factors_ = np.asarray(model.user_factors, dtype=np.float32)
+        self.item_factors_ = np.asarray(model.item_factors, dtype=np.float32)
 
     def _generate(self, users: np.ndarray, k: int) -> pl.DataFrame:
         with threadpool_limits(1, "blas"):
             return factor_candidates(
                 users,
                 k,
-                user_factors=self.model_.user_factors,
-                item_factors=self.model_.item_factors,
+                user_factors=self.user_factors_,
+                item_factors=self.item_factors_,
                 user_items=self.user_items_,
                 filter_seen=self.filter_seen,
             )

@@ -111,11 +111,12 @@ class ItemKNNSource(CandidateSource):
             warnings.simplefilter("ignore", ParameterWarning)
             model.fit(self.user_items_, show_progress=False)
         self.model_ = model
+        self.similarity_ = model.similarity.tocsr()
 
     def _generate(self, users: np.ndarray, k: int) -> pl.DataFrame:
         # Row similarity[j] holds the neighbours of item j, so one product scores a whole batch:
         # score(u, i) = sum_j user_items[u, j] * similarity[j, i], as implicit's scorer does.
-        similarity = self.model_.similarity
+        similarity = self.similarity_
         parts = []
         for batch in warm_user_batches(users, self.user_items_):
             block = self.user_items_[batch]
