@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
-from scipy.stats import rankdata
 
 from gbrank.columns import ITEM, RANK, USER
 
@@ -479,6 +478,8 @@ def auc(y_true: np.ndarray | Sequence[float], y_score: np.ndarray | Sequence[flo
     n_neg = float(y.shape[0] - n_pos)
     if n_pos == 0 or n_neg == 0:
         raise ValueError("y_true must contain both classes for AUC to be defined")
+    from scipy.stats import rankdata  # imported here: scipy.stats takes 1-2 s to import
+
     ranks = rankdata(s, method="average")
     u = ranks[y == 1.0].sum() - n_pos * (n_pos + 1.0) / 2.0
     return float(u / (n_pos * n_neg))
