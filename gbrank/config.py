@@ -213,9 +213,11 @@ class TrainConfig:
     early_stopping_rounds: int = 40
     valid_fraction: float = 0.2
     sample: SampleConfig = field(default_factory=SampleConfig)
+    # learning_rate 0.1 rather than 0.05: about a third fewer trees to score at 1M events (95
+    # against 131) for 0.002 of purchase NDCG@10; scoring is most of eval and recommend.
     params: dict[str, Any] = field(
         default_factory=lambda: {
-            "learning_rate": 0.05,
+            "learning_rate": 0.1,
             "num_leaves": 31,
             "min_data_in_leaf": 20,
             "feature_fraction": 0.9,
