@@ -5,8 +5,8 @@ RecTools runs in a virtual environment of its own (made under ``--workdir`` on f
 pipelines see the same synthetic shop and the same protocol:
 
 - **RecTools**: ALS (48 factors, 12 iterations), item-kNN cosine (100 neighbours) and
-  popularity, 50 candidates each; 5 negatives per user; LightGBM lambdarank, 200 trees, on
-  its default features (the sources' scores and ranks); its own one-fold time split of 7 days.
+  popularity, 50 candidates each; 5 negatives per user; LightGBM lambdarank, 200 trees
+  (learning rate 0.1, 31 leaves, as gbrank's defaults), on its default features (the sources' scores and ranks); its own one-fold time split of 7 days.
 - **gbrank, same budget**: the same three sources and budgets (seen items kept, as RecTools
   is run with ``filter_viewed=False``), 5 negatives per user, 200 trees without early
   stopping, gbrank's features.
@@ -121,7 +121,7 @@ generators = [
 model = CandidateRankingModel(
     candidate_generators=generators,
     splitter=TimeRangeSplitter("7D", n_splits=1, filter_already_seen=False),
-    reranker=LambdarankReranker(LGBMRanker(n_estimators=200, learning_rate=0.05, num_leaves=31,
+    reranker=LambdarankReranker(LGBMRanker(n_estimators=200, learning_rate=0.1, num_leaves=31,
                                            random_state=0, verbose=-1)),
     sampler=PerUserNegativeSampler(n_negatives=5, random_state=0),
 )
