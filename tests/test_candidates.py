@@ -434,8 +434,10 @@ class TestTopK:
             batch = np.arange(n_rows) * 3 + 7
             expected = brute_top_k(batch, scores, k, floor=-np.inf)
             users, items, values = top_k_dense(batch, scores.copy(), k)
-            got = sorted(zip(users.tolist(), items.tolist(), values.tolist(), strict=True))
-            assert got == expected
+            got = list(zip(users.tolist(), items.tolist(), values.tolist(), strict=True))
+            assert sorted(got) == expected
+            # In order: by user, then score descending, then item code.
+            assert got == sorted(got, key=lambda t: (t[0], -t[2], t[1]))
 
     @pytest.mark.parametrize("seed", range(5))
     def test_dense_wide_rows_use_the_prefilter(self, seed: int) -> None:
@@ -466,8 +468,33 @@ class TestTopK:
             expected = brute_top_k(batch, np.where(seen > 0, 0.0, dense), k, floor=0.0)
             scores = sp.csr_matrix(dense)
             users, items, values = top_k_sparse(batch, scores, k, exclude=sp.csr_matrix(seen))
-            got = sorted(zip(users.tolist(), items.tolist(), values.tolist(), strict=True))
-            assert got == expected
+            got = list(zip(users.tolist(), items.tolist(), values.tolist(), strict=True))
+            assert sorted(got) == expected
+            # In order: by user, then score descending, then item code.
+            assert got == sorted(got, key=lambda t: (t[0], -t[2], t[1]))
+
+    @pytest.mark.parametrize("n_items", [50, (1 << 20) + 5])
+    def test_sparse_packed_and_wide_paths_agree(self, n_items: int) -> None:
+        # Catalogues up to 2**20 items sort one packed key; wider ones take the general path.
+        rng = np.random.default_rng(n_items)
+        n_rows, nnz, k = 30, 600, 7
+        rows = rng.integers(0, n_rows, nnz)
+        cols = rng.integers(0, 50, nnz) * (n_items // 50)
+        data = rng.integers(1, 5, nnz).astype(np.float32) / 4  # many ties
+        scores = sp.csr_matrix((data, (rows, cols)), shape=(n_rows, n_items))
+        seen = sp.csr_matrix(
+            (np.ones(40, dtype=np.float32), (rng.integers(0, n_rows, 40), cols[:40])),
+            shape=(n_rows, n_items),
+        )
+        batch = np.arange(n_rows, dtype=np.int32) + 100
+        users, items, values = top_k_sparse(batch, scores, k, exclude=seen)
+        dense = scores.toarray()
+        dense[seen.toarray() > 0] = 0.0
+        expected = []
+        for r in range(n_rows):
+            best = sorted((-dense[r, j], j) for j in np.flatnonzero(dense[r] > 0))[:k]
+            expected += [(int(batch[r]), int(j), float(-v)) for v, j in best]
+        assert list(zip(users.tolist(), items.tolist(), values.tolist(), strict=True)) == expected
 
 
 class TestFitInputs:

@@ -162,6 +162,10 @@ def _top_k_exact(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.take_along_axis(items, order, axis=1), np.take_along_axis(best, order, axis=1)
 
 
+#: Bits of the packed sort key of ``top_k_sparse``: row, inverted float32 score, item.
+_ROW_BITS, _ITEM_BITS = 12, 20
+
+
 def top_k_sparse(
     batch: np.ndarray, scores: sp.csr_matrix, k: int, *, exclude: sp.csr_matrix | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -169,22 +173,36 @@ def top_k_sparse(
 
     Entries stored in ``exclude`` (same shape) are dropped. Scores are compared as float32, the
     precision of the output, and equal scores go to the smaller item code. Returns flat
-    ``(user, item, score)`` arrays.
+    ``(user, item, score)`` arrays sorted by row, then score descending, then item code.
     """
-    scores.sort_indices()
-    rows = np.repeat(np.arange(batch.size), np.diff(scores.indptr))
-    items, values = scores.indices, scores.data.astype(np.float32)
+    n_rows, n_items = scores.shape
+    if exclude is not None and scores.nnz:
+        # Excluded entries become stored zeros, dropped with the other non-positive ones.
+        scores = scores - scores.multiply(exclude != 0)
+    values = scores.data.astype(np.float32)
     keep = values > 0
-    if exclude is not None and rows.size:
-        keep &= np.asarray(exclude[rows, items]).ravel() == 0
-    rows, items, values = rows[keep], items[keep], values[keep]
-    # One stable sort on a packed key (row, then descending score) instead of a lexsort: the
-    # bits of a positive float32 order like the float, and inverting them reverses the order.
-    # Items are ascending within a row, so the stable sort leaves equal scores by item code.
+    rows = np.repeat(np.arange(n_rows, dtype=np.uint64), np.diff(scores.indptr))[keep]
+    items, values = scores.indices[keep], values[keep]
+    # The bits of a positive float32 order like the float; inverted, they order descending.
     descending = np.invert(values.view(np.uint32)).astype(np.uint64)
-    order = np.argsort((rows.astype(np.uint64) << np.uint64(32)) | descending, kind="stable")
-    rows, items, values = rows[order], items[order], values[order]
-    per_row = np.bincount(rows, minlength=batch.size)
+    if n_rows <= 1 << _ROW_BITS and n_items <= 1 << _ITEM_BITS:
+        # Row, descending score and item code packed in one 64-bit key: one plain sort of the
+        # keys orders everything, ties by item code included, and the key decodes back.
+        key = (rows << np.uint64(32 + _ITEM_BITS)) | (descending << np.uint64(_ITEM_BITS))
+        key |= items.astype(np.uint64)
+        key.sort()
+        rows = (key >> np.uint64(32 + _ITEM_BITS)).astype(np.int64)
+        items = (key & np.uint64((1 << _ITEM_BITS) - 1)).astype(np.int32)
+        bits = (key >> np.uint64(_ITEM_BITS)) & np.uint64(0xFFFFFFFF)
+        values = np.invert(bits.astype(np.uint32)).view(np.float32)
+    else:
+        # Wider blocks: a stable sort on (row, descending score) over items in code order.
+        by_item = np.lexsort((items, rows))
+        rows, items, descending = rows[by_item], items[by_item], descending[by_item]
+        order = np.argsort((rows << np.uint64(32)) | descending, kind="stable")
+        rows, items = rows[order].astype(np.int64), items[order]
+        values = np.invert(descending[order].astype(np.uint32)).view(np.float32)
+    per_row = np.bincount(rows, minlength=n_rows)
     position = np.arange(rows.size) - np.repeat(np.cumsum(per_row) - per_row, per_row)
     top = position < k
     return batch[rows[top]], items[top], values[top]
