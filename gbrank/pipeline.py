@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -43,8 +44,9 @@ from gbrank.data.split import (
 )
 from gbrank.data.vocab import Vocab
 from gbrank.errors import DataError, MissingInputError, warn
+from gbrank.executor import LocalExecutor, TableWriter
+from gbrank.features.builders import FeatureBuilder, feature_columns
 from gbrank.features.builders import build_features as _build_features
-from gbrank.features.builders import feature_columns
 from gbrank.features.families.source import put_percentiles, sample_percentiles
 from gbrank.features.labels import attach_labels, build_labels, relevant_items
 from gbrank.metrics import candidate_report, metrics_rows, ranking_metrics
@@ -467,6 +469,20 @@ def _features_for(
     )
 
 
+def _labelled_features(
+    shard: pl.DataFrame,
+    *,
+    builder: FeatureBuilder,
+    labels: pl.DataFrame,
+    percentiles: pl.DataFrame | None,
+) -> pl.DataFrame:
+    """One shard's feature rows with their labels (and the training sample's percentiles)."""
+    frame = builder.build(shard)
+    if percentiles is not None:
+        frame = put_percentiles(frame, percentiles)
+    return attach_labels(frame, labels)
+
+
 def build_features(cfg: Config) -> FeaturesResult:
     """Stage 2: leak-free features (history before each fold's as_of) plus labels.
 
@@ -474,13 +490,10 @@ def build_features(cfg: Config) -> FeaturesResult:
     appended to the fold's Parquet file (one row group per shard) before the next shard starts,
     so peak memory follows the shard size.
     """
-    import pyarrow.parquet as pq
-
-    from gbrank.features.builders import FeatureBuilder
-    from gbrank.features.sharding import plan_shards
-    from gbrank.runs import atomic_path
+    from gbrank.features.sharding import plan_shards, split_shards
 
     t0 = time.perf_counter()
+    executor = LocalExecutor()
     run, verified = verify_run(cfg, "features")
     data = _load_run_data(verified)
     for name in LABELLED_FOLDS:  # check every input before the first write
@@ -512,29 +525,21 @@ def build_features(cfg: Config) -> FeaturesResult:
             users=data.user_attrs,
         )
         shards[name] = plan_shards(cands.height, cfg.features.shards, cfg.features.shard_rows)
-        rows[name] = 0
-        with atomic_path(run.file(f"features/{name}.parquet")) as tmp:
-            writer: pq.ParquetWriter | None = None
-            try:
-                for frame in builder.build_shards(cands, shards[name]):
-                    if percentiles is not None:
-                        frame = put_percentiles(frame, percentiles)
-                    frame = attach_labels(frame, labels)
-                    table = frame.to_arrow()
-                    if writer is None:
-                        # Dictionary pages buy little on float features and cost half the time.
-                        writer = pq.ParquetWriter(tmp, table.schema, use_dictionary=False)
-                        names = feature_columns(frame)
-                    writer.write_table(table.cast(writer.schema))
-                    rows[name] += frame.height
-                if writer is None:  # no candidate at all: an empty frame with the columns
-                    frame = attach_labels(builder.build(cands), labels)
-                    writer = pq.ParquetWriter(tmp, frame.to_arrow().schema)
-                    writer.write_table(frame.to_arrow())
-                    names = feature_columns(frame)
-            finally:
-                if writer is not None:
-                    writer.close()
+
+        features_of = functools.partial(
+            _labelled_features, builder=builder, labels=labels, percentiles=percentiles
+        )
+        rows[name] = executor.run(
+            "features",
+            features_of,
+            split_shards(cands, shards[name]),
+            run.file(f"features/{name}.parquet"),
+            empty=functools.partial(features_of, cands.clear()),
+            # Dictionary pages buy little on float features and cost half the time.
+            use_dictionary=False,
+        )
+        written = pl.read_parquet_schema(run.file(f"features/{name}.parquet"))
+        names = feature_columns(pl.DataFrame(schema=written))
     run.record_stage(
         "features", time.perf_counter() - t0, rows=rows, shards=shards, n_features=len(names)
     )
@@ -757,16 +762,23 @@ def evaluate(cfg: Config) -> EvalResult:
     k_max = max(cfg.eval.ks)
     rank_cols = [C.rank_col(s) for s in cfg.candidates.sources]
     parts: dict[str, list[pl.DataFrame]] = {RANKER: [], **{s: [] for s in cfg.candidates.sources}}
-    # Batch by batch, whole users each: only the top-K lists are kept, so memory follows the
-    # batch, and top-K sorts only the keys and the scores, never the wide feature frame.
-    for frame in user_batches(features_path, cfg.eval.batch_rows):
+
+    def lists_of(frame: pl.DataFrame) -> dict[str, pl.DataFrame]:
+        """Each model's top-K lists of one batch of whole users: top-K sorts only the keys and
+        the scores, never the wide feature frame."""
         scored = frame.select(C.USER, C.ITEM, *rank_cols).with_columns(
             pl.Series("_ranker", ranker.predict(frame))
         )
-        del frame
-        parts[RANKER].append(top_k(scored, "_ranker", k_max))
+        out = {RANKER: top_k(scored, "_ranker", k_max)}
         for source, col in zip(cfg.candidates.sources, rank_cols, strict=True):
-            parts[source].append(top_k(scored, col, k_max, descending=False))
+            out[source] = top_k(scored, col, k_max, descending=False)
+        return out
+
+    # Batch by batch: only the top-K lists are kept, so memory follows the batch.
+    batches = user_batches(features_path, cfg.eval.batch_rows)
+    for batch_lists in LocalExecutor().map("eval", lists_of, batches):
+        for model, frame in batch_lists.items():
+            parts[model].append(frame)
     lists = {model: _concat_lists(frames) for model, frames in parts.items()}
     rows: list[dict[str, Any]] = []
     users: dict[str, int] = {}
@@ -883,7 +895,6 @@ class Recommender:
 
     def __init__(self, cfg: Config, k: int, users_file: str | Path | None = None) -> None:
         from gbrank.candidates.state import load_source
-        from gbrank.features.builders import FeatureBuilder
 
         raw = read_user_list(Path(users_file)) if users_file is not None else None
         _, verified = verify_run(cfg, "eval")  # every stage up to train
@@ -922,31 +933,48 @@ class Recommender:
     def n_users(self) -> int:
         return len(self.known) + self.cold_raw.len()
 
-    def batches(self) -> Iterator[pl.DataFrame]:
-        """Frames of ``user_id, item_id, score, rank`` (raw ids), known users first."""
-        from gbrank.features.sharding import plan_shards
+    def user_batches(self) -> Iterator[np.ndarray]:
+        """The known users' codes in batches of ``candidates.batch_users``, in code order."""
+        step = max(self.cfg.candidates.batch_users, 1)
+        for start in range(0, len(self.known), step):
+            yield self.known[start : start + step]
+
+    def serve(self, batch: np.ndarray) -> pl.DataFrame:
+        """The lists of one batch of known users: ``user_id, item_id, score, rank``."""
+        from gbrank.features.sharding import plan_shards, split_shards
 
         cfg = self.cfg
-        step = max(cfg.candidates.batch_users, 1)
-        for start in range(0, len(self.known), step):
-            batch = self.known[start : start + step]
-            frames = {s.name: s.generate(batch, self.budgets[s.name]) for s in self.sources}
-            cands = combine(cfg, frames, self.budgets)
-            del frames
-            n_shards = plan_shards(cands.height, cfg.features.shards, cfg.features.shard_rows)
-            lists = []
-            for feats in self.builder.build_shards(cands, n_shards):
-                scored = feats.select(C.USER, C.ITEM).with_columns(
-                    pl.Series(C.SCORE, self.ranker.predict(feats), dtype=pl.Float64)
-                )
-                del feats
-                lists.append(top_k(scored, C.SCORE, self.k))
-            del cands
-            scored = _concat_lists(lists).select(C.USER, C.ITEM, C.SCORE)
-            recs = _fill_to_k(scored, batch, self.pop_list, self.k)
-            yield self._raw(recs)
+        frames = {s.name: s.generate(batch, self.budgets[s.name]) for s in self.sources}
+        cands = combine(cfg, frames, self.budgets)
+        del frames
+        n_shards = plan_shards(cands.height, cfg.features.shards, cfg.features.shard_rows)
+        lists = []
+        for shard in split_shards(cands, n_shards):
+            feats = self.builder.build(shard)
+            scored = feats.select(C.USER, C.ITEM).with_columns(
+                pl.Series(C.SCORE, self.ranker.predict(feats), dtype=pl.Float64)
+            )
+            del feats
+            lists.append(top_k(scored, C.SCORE, self.k))
+        del cands
+        scored = _concat_lists(lists).select(C.USER, C.ITEM, C.SCORE)
+        return self._raw(_fill_to_k(scored, batch, self.pop_list, self.k))
+
+    def batches(self, executor: LocalExecutor | None = None) -> Iterator[pl.DataFrame]:
+        """Frames of ``user_id, item_id, score, rank`` (raw ids), known users first."""
+        yield from (executor or LocalExecutor()).map("recommend", self.serve, self.user_batches())
         if self.cold_raw.len():
             yield self._cold()
+
+    def empty(self) -> pl.DataFrame:
+        return pl.DataFrame(
+            schema={
+                C.RAW_USER: self.user_dtype,
+                C.RAW_ITEM: self.data.items.dtype,
+                C.SCORE: pl.Float64,
+                C.RANK: pl.Int32,
+            }
+        )
 
     def _raw(self, recs: pl.DataFrame) -> pl.DataFrame:
         return pl.DataFrame(
@@ -979,7 +1007,7 @@ def recommend(cfg: Config, k: int, users_file: str | Path | None = None) -> Reco
     For every user of a large shop, :func:`write_recommendations` streams to a file instead.
     """
     rec = Recommender(cfg, k, users_file)
-    recs = pl.concat(list(rec.batches()))
+    recs = pl.concat([rec.empty(), *rec.batches()])
     return RecommendResult(recs, rec.n_users, rec.cold_raw.len(), recs.height)
 
 
@@ -988,43 +1016,18 @@ def write_recommendations(
 ) -> RecommendResult:
     """Top-``k`` items per user, written to ``out`` (.parquet or .csv) batch by batch as they
     are made; the file appears under its name only when complete."""
-    import pyarrow.parquet as pq
-
-    from gbrank.atomic import atomic_path, check_table_suffix
+    from gbrank.atomic import check_table_suffix
 
     path = Path(out)
     check_table_suffix(path)
     rec = Recommender(cfg, k, users_file)
-    rows = 0
-    with atomic_path(path) as tmp:
-        if path.suffix.lower() == ".csv":
-            with open(tmp, "w", newline="") as fh:
-                for i, frame in enumerate(rec.batches()):
-                    frame.write_csv(fh, include_header=i == 0)
-                    rows += frame.height
-                if rows == 0:
-                    fh.write(",".join((C.RAW_USER, C.RAW_ITEM, C.SCORE, C.RANK)) + "\n")
-        else:
-            writer: pq.ParquetWriter | None = None
-            try:
-                for frame in rec.batches():
-                    table = frame.to_arrow()
-                    if writer is None:
-                        writer = pq.ParquetWriter(tmp, table.schema)
-                    writer.write_table(table.cast(writer.schema))
-                    rows += frame.height
-                if writer is None:
-                    pl.DataFrame(
-                        schema={
-                            C.RAW_USER: rec.user_dtype,
-                            C.RAW_ITEM: rec.data.items.dtype,
-                            C.SCORE: pl.Float64,
-                            C.RANK: pl.Int32,
-                        }
-                    ).write_parquet(tmp)
-            finally:
-                if writer is not None:
-                    writer.close()
+    executor = LocalExecutor()
+    with TableWriter(path) as writer:
+        for frame in rec.batches(executor):
+            writer.write(frame)
+        if writer.frames == 0:
+            writer.write(rec.empty())
+    rows = writer.rows
     empty = pl.DataFrame()
     return RecommendResult(empty, rec.n_users, rec.cold_raw.len(), rows, path)
 
