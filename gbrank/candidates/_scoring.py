@@ -176,12 +176,22 @@ def top_k_sparse(
     ``(user, item, score)`` arrays sorted by row, then score descending, then item code.
     """
     n_rows, n_items = scores.shape
-    if exclude is not None and scores.nnz:
+    if exclude is not None and scores.nnz and n_rows * n_items > BATCH_CELLS:
         # Excluded entries become stored zeros, dropped with the other non-positive ones.
         scores = scores - scores.multiply(exclude != 0)
+        exclude = None
     values = scores.data.astype(np.float32)
     keep = values > 0
-    rows = np.repeat(np.arange(n_rows, dtype=np.uint64), np.diff(scores.indptr))[keep]
+    rows = np.repeat(np.arange(n_rows, dtype=np.uint64), np.diff(scores.indptr))
+    if exclude is not None and scores.nnz:
+        # A block of at most BATCH_CELLS: a dense mask of the excluded cells is cheaper than
+        # sparse arithmetic or indexing (the excluded entries are few, the scores many).
+        mask = np.zeros((n_rows, n_items), dtype=np.bool_)
+        stored = exclude.data != 0
+        ex_rows = np.repeat(np.arange(n_rows), np.diff(exclude.indptr))[stored]
+        mask[ex_rows, exclude.indices[stored]] = True
+        keep &= ~mask[rows.astype(np.intp), scores.indices]
+    rows = rows[keep]
     items, values = scores.indices[keep], values[keep]
     # The bits of a positive float32 order like the float; inverted, they order descending.
     descending = np.invert(values.view(np.uint32)).astype(np.uint64)
