@@ -183,6 +183,7 @@ def truncate(path: Path, keep: float = 0.5) -> None:
         ("features/eval.parquet", "eval", "features"),
         ("folds.json", "features", "generate"),
         ("candidates/budgets.json", "recommend", "generate"),
+        ("sources/covisit.npz", "recommend", "generate"),
         ("stages/generate.json", "features", "generate"),
     ],
 )

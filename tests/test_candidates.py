@@ -696,3 +696,14 @@ def test_factor_scoring_is_the_same_with_one_or_all_blas_threads() -> None:
     with threadpool_limits(1, "blas"):
         one = factor_candidates(users, 20, **kwargs)
     assert_frame_equal(factor_candidates(users, 20, **kwargs), one)
+
+
+def test_a_truncated_source_file_is_a_damaged_artifact(tmp_path: Path) -> None:
+    from gbrank.errors import DamagedArtifactError
+
+    path = tmp_path / "als.npz"
+    save_source(fit(CASES["als"](), medium()), path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DamagedArtifactError, match="cannot read the fitted source"):
+        load_source(path)
