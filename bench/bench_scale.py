@@ -48,6 +48,14 @@ def run_stage(args: list[str]) -> dict[str, float]:
     return {"wall_s": round(wall, 1), "cpu_s": round(out["cpu"], 1), "rss_mb": round(out["rss_mb"])}
 
 
+def synth_shop(events: str, shop: Path, seed: int) -> dict[str, float]:
+    """``gbrank data synth`` for the shop of ``events`` (a key of SHOPS) into ``shop``."""
+    users, items, days = SHOPS[events]
+    command = [sys.executable, "-m", "gbrank.cli", "data", "synth", "--users", str(users)]
+    command += ["--items", str(items), "--days", str(days), "--seed", str(seed)]
+    return run_stage([*command, "--out", str(shop)])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", choices=sorted(SHOPS), default="1M")
@@ -62,23 +70,7 @@ def main() -> None:
     gbrank = [sys.executable, "-m", "gbrank.cli"]
     rows: dict[str, dict[str, float]] = {}
     if not (shop / "events.parquet").exists():
-        rows["synth"] = run_stage(
-            [
-                *gbrank,
-                "data",
-                "synth",
-                "--users",
-                str(users),
-                "--items",
-                str(items),
-                "--days",
-                str(days),
-                "--seed",
-                str(args.seed),
-                "--out",
-                str(shop),
-            ]
-        )
+        rows["synth"] = synth_shop(args.events, shop, args.seed)
     config = root / "gbrank.toml"
     config.write_text(
         f'[data]\nevents = "{shop / "events.parquet"}"\nitems = "{shop / "items.parquet"}"\n'

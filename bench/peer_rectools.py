@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_scale import SHOPS, run_stage  # noqa: E402
+from bench_scale import SHOPS, run_stage, synth_shop  # noqa: E402
 
 # RecTools pins NumPy below 2, and pyarrow 20+ needs NumPy 2.
 RECTOOLS_PACKAGES = ["rectools[lightgbm]>=0.18", "lightgbm", "scikit-learn", "pyarrow<20"]
@@ -207,26 +207,7 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     shop = root / "shop"
     if not (shop / "events.parquet").exists():
-        users, items, days = SHOPS[args.events]
-        run_stage(
-            [
-                sys.executable,
-                "-m",
-                "gbrank.cli",
-                "data",
-                "synth",
-                "--users",
-                str(users),
-                "--items",
-                str(items),
-                "--days",
-                str(days),
-                "--seed",
-                str(args.seed),
-                "--out",
-                str(shop),
-            ]
-        )
+        synth_shop(args.events, shop, args.seed)
     python = rectools_python(args.workdir / "rectools-venv")
     rows: dict[str, dict] = {}
     cost, same_run = gbrank_run(root, shop, "same_budget", SAME_BUDGET)

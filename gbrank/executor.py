@@ -58,10 +58,7 @@ class LocalExecutor:
         """Write ``fn(shard)`` for every shard to ``out`` (.parquet or .csv); returns the rows
         written. ``empty`` makes the frame (schema) to write when no shard returns a row."""
         with TableWriter(out, **options) as writer:
-            for frame in self.map(stage, fn, shards):
-                writer.write(frame)
-            if writer.frames == 0 and empty is not None:
-                writer.write(empty())
+            writer.write_all(self.map(stage, fn, shards), empty=empty)
         return writer.rows
 
 
@@ -103,6 +100,15 @@ class TableWriter:
             self._parquet.write_table(table.cast(self._parquet.schema))
         self.rows += frame.height
         self.frames += 1
+
+    def write_all(
+        self, frames: Iterable[pl.DataFrame], *, empty: Callable[[], pl.DataFrame] | None = None
+    ) -> None:
+        """Write every frame; when there was none, the frame ``empty`` makes (the schema)."""
+        for frame in frames:
+            self.write(frame)
+        if self.frames == 0 and empty is not None:
+            self.write(empty())
 
     def __exit__(
         self,

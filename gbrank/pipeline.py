@@ -46,7 +46,6 @@ from gbrank.data.vocab import Vocab
 from gbrank.errors import DataError, MissingInputError, warn
 from gbrank.executor import LocalExecutor, TableWriter
 from gbrank.features.builders import FeatureBuilder, feature_columns
-from gbrank.features.builders import build_features as _build_features
 from gbrank.features.families.source import put_percentiles, sample_percentiles
 from gbrank.features.labels import attach_labels, build_labels, relevant_items
 from gbrank.metrics import candidate_report, metrics_rows, ranking_metrics
@@ -269,6 +268,20 @@ def _sources(cfg: Config) -> list[tuple[CandidateSource, Budget]]:
     return out
 
 
+def fit_source(
+    source: CandidateSource, hist: pl.DataFrame, data: RunData, as_of: datetime
+) -> CandidateSource:
+    """``source`` fitted on ``hist`` with the run's vocabulary sizes and attribute tables."""
+    return source.fit(
+        hist,
+        n_users=len(data.users),
+        n_items=len(data.items),
+        as_of=as_of,
+        items=data.item_attrs,
+        users=data.user_attrs,
+    )
+
+
 def source_lists(
     cfg: Config,
     hist: pl.DataFrame,
@@ -286,14 +299,7 @@ def source_lists(
         source, budget = sources.pop(0)
         n = budgets[source.name] if budgets else budget.generate_n
         t0 = time.perf_counter()
-        source.fit(
-            hist,
-            n_users=len(data.users),
-            n_items=len(data.items),
-            as_of=as_of,
-            items=data.item_attrs,
-            users=data.user_attrs,
-        )
+        fit_source(source, hist, data, as_of)
         batches = [
             source.generate(users[i : i + cfg.candidates.batch_users], n)
             for i in range(0, len(users), cfg.candidates.batch_users)
@@ -346,14 +352,7 @@ def fit_serving_sources(
     while sources:  # one fitted source alive at a time
         source = sources.pop(0)
         t0 = time.perf_counter()
-        source.fit(
-            hist,
-            n_users=len(data.users),
-            n_items=len(data.items),
-            as_of=fold.as_of,
-            items=data.item_attrs,
-            users=data.user_attrs,
-        )
+        fit_source(source, hist, data, fold.as_of)
         save_source(source, run.file(source_file(source.name)))
         written.append(source_file(source.name))
         seconds["inference"][source.name] = time.perf_counter() - t0
@@ -444,29 +443,6 @@ class FeaturesResult:
     run: Run
     rows: dict[str, int]
     features: list[str]
-
-
-def _features_for(
-    cfg: Config, cands: pl.DataFrame, hist: pl.DataFrame, data: RunData, as_of: datetime
-) -> pl.DataFrame:
-    """Features of ``cands`` from ``hist`` before ``as_of``, shard by shard (recommend calls
-    this batch by batch: what does not depend on the users is computed once per ``hist``)."""
-    from gbrank.features.base import FeatureSpec
-    from gbrank.features.builders import shared_cache
-    from gbrank.features.sharding import plan_shards
-
-    spec = FeatureSpec.from_config(cfg)
-    return _build_features(
-        cands,
-        hist,
-        as_of,
-        data.item_attrs,
-        data.user_attrs,
-        spec=spec,
-        families=cfg.features.families,
-        n_shards=plan_shards(cands.height, cfg.features.shards, cfg.features.shard_rows),
-        shared=shared_cache(hist, as_of, spec, data.item_attrs),
-    )
 
 
 def _labelled_features(
@@ -1021,12 +997,8 @@ def write_recommendations(
     path = Path(out)
     check_table_suffix(path)
     rec = Recommender(cfg, k, users_file)
-    executor = LocalExecutor()
     with TableWriter(path) as writer:
-        for frame in rec.batches(executor):
-            writer.write(frame)
-        if writer.frames == 0:
-            writer.write(rec.empty())
+        writer.write_all(rec.batches(), empty=rec.empty)
     rows = writer.rows
     empty = pl.DataFrame()
     return RecommendResult(empty, rec.n_users, rec.cold_raw.len(), rows, path)

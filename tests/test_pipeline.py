@@ -248,6 +248,7 @@ def test_sampled_training_rows_carry_full_list_features(done: tuple[Config, dict
     from polars.testing import assert_frame_equal
 
     from gbrank.data.split import history
+    from gbrank.features.builders import FeatureBuilder
     from gbrank.runs import Run
 
     cfg, results = done
@@ -260,7 +261,10 @@ def test_sampled_training_rows_carry_full_list_features(done: tuple[Config, dict
     _, verified = pipeline.verify_run(cfg, "features")
     data = pipeline._load_run_data(verified)
     fold = data.folds["train"]
-    full = pipeline._features_for(cfg, cands, history(data.events, fold), data, fold.as_of)
+    builder = FeatureBuilder.from_config(
+        cfg, history(data.events, fold), fold.as_of, items=data.item_attrs, users=data.user_attrs
+    )
+    full = builder.build(cands)
     expected = full.join(sampled.select(C.USER, C.ITEM), on=[C.USER, C.ITEM], how="semi")
     assert_frame_equal(
         sampled.select(expected.columns).sort(C.USER, C.ITEM), expected.sort(C.USER, C.ITEM)

@@ -24,7 +24,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import weakref
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -63,7 +62,7 @@ class FeatureBuilder:
         users: coded user attributes (carried in the context for families that use them).
         spec: windows and other knobs; sources and item attributes are read from the data.
         families: names of the families to build (default: the default ones, as in the config).
-        shared: a cache of shard-independent results to reuse (see :func:`shared_cache`).
+        shared: a cache of shard-independent results to reuse (one builder keeps its own).
     """
 
     def __init__(
@@ -197,7 +196,7 @@ def build_features(
 ) -> pl.DataFrame:
     """Every selected family joined onto the candidate rows (one row per (user, item)),
     sorted by user and item; built in ``n_shards`` shards and concatenated. ``shared`` is a
-    cache of shard-independent results to reuse across calls (see :func:`shared_cache`)."""
+    cache of shard-independent results to reuse across calls."""
     builder = FeatureBuilder(
         history, as_of, items=items, users=users, spec=spec, families=families, shared=shared
     )
@@ -211,21 +210,3 @@ def feature_columns(frame: pl.DataFrame) -> list[str]:
     """The model's input columns: everything but keys and labels, in frame order."""
     skip = {C.USER, C.ITEM, C.GRADE, *(C.label_col(t) for t in C.TARGETS)}
     return [c for c in frame.columns if c not in skip]
-
-
-_SHARED: dict[tuple[Any, ...], dict[str, Any]] = {}
-
-
-def shared_cache(
-    history: pl.DataFrame, as_of: datetime, spec: FeatureSpec, items: pl.DataFrame | None
-) -> dict[str, Any]:
-    """A cache of shard-independent results that lives as long as ``history`` does.
-
-    Serving builds features batch by batch of users from the same history; with this cache
-    the item family, the co-visitation table and the ALS factors are computed once.
-    """
-    key = (id(history), as_of, spec, None if items is None else id(items))
-    if key not in _SHARED:
-        _SHARED[key] = {}
-        weakref.finalize(history, _SHARED.pop, key, None)
-    return _SHARED[key]
