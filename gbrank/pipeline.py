@@ -50,7 +50,13 @@ from gbrank.features.families.source import put_percentiles, sample_percentiles
 from gbrank.features.labels import attach_labels, build_labels, relevant_items
 from gbrank.metrics import candidate_report, metrics_rows, ranking_metrics
 from gbrank.rankers.lightgbm import LightGBMRanker
-from gbrank.rankers.sampling import SampleSpec, sample_keys
+from gbrank.rankers.sampling import (
+    EVAL_USERS_SALT,
+    TRAIN_USERS_SALT,
+    SampleSpec,
+    hashed_subset,
+    sample_keys,
+)
 from gbrank.rankers.sampling import validation_mask as _validation_mask
 from gbrank.runs import (
     Run,
@@ -330,6 +336,17 @@ def combine(cfg: Config, frames: dict[str, pl.DataFrame], budgets: dict[str, int
     return cap_per_user(union, list(lists), cfg.candidates.max_per_user)
 
 
+def fold_users(cfg: Config, fold: str, users: np.ndarray) -> np.ndarray:
+    """The users a labelled fold is made for, out of those with an event in its label window:
+    at most ``train.sample.users`` (train fold) or ``eval.users`` (eval fold), by a stable
+    hash (the training sample's own for the train fold). Candidates, labels and features are
+    made for these users alone: a shop of 2M users costs no more to train and evaluate on
+    than one of 100k."""
+    if fold == "train":
+        return hashed_subset(users, cfg.train.sample.users, cfg.run.seed, TRAIN_USERS_SALT)
+    return hashed_subset(users, cfg.eval.users, cfg.run.seed, EVAL_USERS_SALT)
+
+
 SOURCES_DIR = "sources"  # the serving fold's fitted sources, one .npz each
 
 
@@ -383,11 +400,14 @@ def generate(cfg: Config) -> GenerateResult:
     seconds: dict[str, dict[str, float]] = {}
     sources = list(cfg.candidates.sources)
     budgets: dict[str, int] | None = None
+    n_users: dict[str, dict[str, int]] = {}
     for name in LABELLED_FOLDS:  # train first: it resolves the automatic budgets
         fold = data.folds[name]
         hist = history(data.events, fold)
         labels = build_labels(label_window(data.events, fold))
-        users = labels[C.USER].unique().sort().to_numpy()
+        users = fold_users(cfg, name, labels[C.USER].unique().sort().to_numpy())
+        n_users[name] = {"labelled": labels[C.USER].n_unique(), "kept": len(users)}
+        labels = labels.filter(pl.col(C.USER).is_in(users))
         frames, seconds[name] = source_lists(cfg, hist, users, data, fold.as_of, budgets)
         if budgets is None:
             budgets = resolve_budgets(cfg, frames, labels)
@@ -422,6 +442,7 @@ def generate(cfg: Config) -> GenerateResult:
         "generate",
         time.perf_counter() - t0,
         rows=summary.rows,
+        users=n_users,
         source_seconds=seconds,
         inputs=fp,
     )

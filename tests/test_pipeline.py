@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
@@ -15,6 +16,7 @@ from gbrank import pipeline
 from gbrank.cli import app
 from gbrank.config import Config, dump_toml, load_config
 from gbrank.data.synth import SynthConfig, synthesize
+from gbrank.rankers.sampling import stable_unit
 
 SHOP = SynthConfig(users=2500, items=800, days=35, seed=3)
 
@@ -123,7 +125,7 @@ def test_candidate_recall_matches_brute_force(done: tuple[Config, dict]) -> None
                 for u, i, y in labels.select(C.USER, C.ITEM, C.label_col(target)).iter_rows()
                 if y == 1
             }
-            for source in ("popularity", "als", "itemknn_bm25", "union"):
+            for source in ("popularity", "als", "itemknn_cosine", "union"):
                 if source == "union":
                     proposed = set(cands.select(C.USER, C.ITEM).iter_rows())
                 else:
@@ -330,3 +332,47 @@ def test_one_shard_and_four_shards_give_identical_results(
     written = pipeline.write_recommendations(sharded, 10, out)
     assert written.rows == one.height and written.path == out
     assert_frame_equal(pl.read_parquet(out), one)
+
+
+def test_user_budgets_limit_each_labelled_fold(
+    done: tuple[Config, dict], shop: Path, tmp_path: Path
+) -> None:
+    """train.sample.users and eval.users: the folds are made for that many label-window users,
+    the ones with the smallest stable hash; the eval metrics count them alone."""
+    cfg, results = done
+    full = json.loads(results["generate"].run.file("progress.json").read_text())
+    labelled = full["generate"]["users"]
+    budget = {"train": labelled["train"]["labelled"] // 3, "eval": labelled["eval"]["labelled"] // 4}
+    small = load_config(
+        None,
+        [
+            f'data.events="{shop / "events.parquet"}"',
+            f'data.items="{shop / "items.parquet"}"',
+            f'run.workspace="{tmp_path}"',
+            "candidates.sources.als.iterations=8",
+            f"train.sample.users={budget['train']}",
+            f"eval.users={budget['eval']}",
+        ],
+    )
+    run = pipeline.generate(small).run
+    progress = json.loads(run.file("progress.json").read_text())
+    for fold, salt in (("train", 3), ("eval", 4)):
+        every = pl.read_parquet(results["generate"].run.file(f"labels/{fold}.parquet"))
+        assert progress["generate"]["users"][fold] == {
+            "labelled": labelled[fold]["labelled"],
+            "kept": budget[fold],
+        }
+        users = every[C.USER].unique().sort().to_numpy()
+        unit = stable_unit(users, small.run.seed, salt)
+        chosen = np.sort(users[np.argsort(unit, kind="stable")[: budget[fold]]])
+        labels = pl.read_parquet(run.file(f"labels/{fold}.parquet"))
+        cands = pl.read_parquet(run.file(f"candidates/{fold}.parquet"))
+        assert labels[C.USER].unique().sort().to_list() == chosen.tolist()
+        assert set(cands[C.USER].unique().to_list()) <= set(chosen.tolist())
+        # The kept users' labels are untouched.
+        assert_frame_equal(labels, every.filter(pl.col(C.USER).is_in(chosen)))
+    pipeline.build_features(small)
+    pipeline.train(small)
+    result = pipeline.evaluate(small)
+    assert 0 < result.users["click"] <= budget["eval"]
+    assert result.users["click"] < results["eval"].users["click"]

@@ -8,7 +8,14 @@ import polars as pl
 import pytest
 
 from gbrank import columns as C
-from gbrank.rankers.sampling import NO_RANK, SampleSpec, pair_unit, sample_keys, stable_unit
+from gbrank.rankers.sampling import (
+    NO_RANK,
+    SampleSpec,
+    hashed_subset,
+    pair_unit,
+    sample_keys,
+    stable_unit,
+)
 
 
 def candidate_frame(seed: int, users: int = 60, per_user: int = 40) -> pl.DataFrame:
@@ -100,3 +107,20 @@ def test_sample_keeps_every_labelled_row_and_drops_users_without_one() -> None:
     assert set(sampled[C.USER].unique()) == set(users_with_label)
     per_user = sampled.filter(pl.col(C.GRADE) == 0).group_by(C.USER).len()["len"]
     assert per_user.max() == 3
+
+
+def test_hashed_subset_takes_the_smallest_hashes_and_nests() -> None:
+    codes = np.arange(0, 3000, 3, dtype=np.int32)  # 1,000 sorted codes
+    unit = {int(c): stable_unit(np.array([c]), 5, 4)[0] for c in codes}
+    for n in (1, 10, 250, 999):
+        got = hashed_subset(codes, n, seed=5, salt=4)
+        expected = sorted(sorted(unit, key=lambda c: (unit[c], c))[:n])
+        assert got.tolist() == expected
+        assert got.dtype == codes.dtype
+    small, large = hashed_subset(codes, 100, 5, 4), hashed_subset(codes, 400, 5, 4)
+    assert set(small.tolist()) <= set(large.tolist())
+    # No budget, or more budget than codes: every code, unchanged.
+    assert hashed_subset(codes, 0, 5, 4) is codes
+    assert hashed_subset(codes, 1000, 5, 4) is codes
+    # Another salt draws another subset.
+    assert not np.array_equal(hashed_subset(codes, 100, 5, 3), small)

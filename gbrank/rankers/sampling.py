@@ -47,6 +47,20 @@ def pair_unit(users: np.ndarray, items: np.ndarray, seed: int, salt: int) -> np.
     return stable_unit(pair, seed, salt)
 
 
+#: Salts of :func:`stable_unit` for choosing users: the training sample, the eval fold's users.
+TRAIN_USERS_SALT, EVAL_USERS_SALT = 3, 4
+
+
+def hashed_subset(codes: np.ndarray, n: int, seed: int, salt: int) -> np.ndarray:
+    """At most ``n`` of the distinct sorted ``codes`` (every one when ``n`` is 0 or they are
+    fewer): those with the smallest :func:`stable_unit`, returned sorted. Taking more never
+    drops one already taken, so budgets nest."""
+    if not n or codes.size <= n:
+        return codes
+    order = np.argsort(stable_unit(codes, seed, salt), kind="stable")
+    return np.sort(codes[order[:n]])
+
+
 @dataclass(frozen=True)
 class SampleSpec:
     """The training budget (``[train.sample]`` in the config)."""
@@ -78,9 +92,7 @@ def sample_keys(
     )
     keys = frame.select(C.USER, C.ITEM, C.GRADE, best.cast(pl.Int64).alias("_best"))
     labelled = keys.filter(pl.col(C.GRADE) > 0)[C.USER].unique().sort().to_numpy()
-    if spec.users and labelled.size > spec.users:
-        order = np.argsort(stable_unit(labelled, spec.seed, 3), kind="stable")
-        labelled = np.sort(labelled[order[: spec.users]])
+    labelled = hashed_subset(labelled, spec.users, spec.seed, TRAIN_USERS_SALT)
     chosen = pl.DataFrame({C.USER: pl.Series(labelled, dtype=pl.Int32)})
     rows = keys.join(chosen, on=C.USER, how="semi")
     if spec.negatives and rows.height >= spec.min_rows:
