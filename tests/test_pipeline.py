@@ -342,7 +342,10 @@ def test_user_budgets_limit_each_labelled_fold(
     cfg, results = done
     full = json.loads(results["generate"].run.file("progress.json").read_text())
     labelled = full["generate"]["users"]
-    budget = {"train": labelled["train"]["labelled"] // 3, "eval": labelled["eval"]["labelled"] // 4}
+    budget = {
+        "train": labelled["train"]["labelled"] // 3,
+        "eval": labelled["eval"]["labelled"] // 4,
+    }
     small = load_config(
         None,
         [
