@@ -172,7 +172,8 @@ class FeaturesConfig:
     session_gap_minutes: float = 30.0
     # Pseudo-counts of the smoothed rates (CTR, CVR, the user's funnel), toward the global rate.
     prior_strength: float = 20.0
-    # Co-visitation: two items touched by the same user within this many hours.
+    # Similarity family, when no candidate source offers its models (it reuses the fold's first
+    # covisit and ALS sources): its own co-visitation window and ALS.
     covisit_hours: float = 24.0
     als_factors: int = 32
     als_iterations: int = 8

@@ -17,7 +17,7 @@ import functools
 import hashlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -78,7 +78,15 @@ SERVE_MODEL = "models/ranker_serve"  # fitted on the eval fold, used by recommen
 # these, so a later stage refuses artifacts made under another config. Input paths are left
 # out: the data's content fingerprint stands for them.
 STAGE_CONFIG: dict[str, tuple[str, ...]] = {
-    "generate": ("data", "events", "folds", "candidates", "run.seed"),
+    "generate": (
+        "data",
+        "events",
+        "folds",
+        "candidates",
+        "train.sample.users",
+        "eval.users",
+        "run.seed",
+    ),
     "features": ("features", "events", "train.sample", "run.seed"),
     "train": ("train", "events", "eval.ks", "run.seed"),
     "eval": ("eval",),
@@ -90,8 +98,10 @@ def stage_config_hash(cfg: Config, stage: str) -> str:
     resolved = cfg.to_dict()
     picked: dict[str, Any] = {}
     for key in STAGE_CONFIG[stage]:
-        section, _, name = key.partition(".")
-        picked[key] = resolved[section][name] if name else resolved[section]
+        value: Any = resolved
+        for part in key.split("."):
+            value = value[part]
+        picked[key] = value
     picked["data"] = {k: v for k, v in picked.get("data", {}).items() if k not in INPUT_KEYS}
     text = json.dumps(picked, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -295,9 +305,11 @@ def source_lists(
     data: RunData,
     as_of: datetime,
     budgets: dict[str, int] | None = None,
+    keep: Callable[[CandidateSource], None] | None = None,
 ) -> tuple[dict[str, pl.DataFrame], dict[str, float]]:
     """Fit every source on ``hist``; each proposes its budget (or ``n_max`` when automatic
-    and not yet resolved) for ``users``, in batches of ``candidates.batch_users``."""
+    and not yet resolved) for ``users``, in batches of ``candidates.batch_users``, and is
+    then handed to ``keep`` (which saves it)."""
     frames: dict[str, pl.DataFrame] = {}
     seconds: dict[str, float] = {}
     sources = _sources(cfg)
@@ -311,6 +323,8 @@ def source_lists(
             for i in range(0, len(users), cfg.candidates.batch_users)
         ]
         frames[source.name] = pl.concat(batches) if batches else source.generate(users[:0], n)
+        if keep is not None:
+            keep(source)
         seconds[source.name] = time.perf_counter() - t0
     return frames, seconds
 
@@ -347,11 +361,43 @@ def fold_users(cfg: Config, fold: str, users: np.ndarray) -> np.ndarray:
     return hashed_subset(users, cfg.eval.users, cfg.run.seed, EVAL_USERS_SALT)
 
 
-SOURCES_DIR = "sources"  # the serving fold's fitted sources, one .npz each
+SOURCES_DIR = "sources"  # every fold's fitted sources, one .npz each
 
 
-def source_file(name: str) -> str:
-    return f"{SOURCES_DIR}/{name}.npz"
+def source_file(fold: str, name: str) -> str:
+    """Where source ``name`` fitted on fold ``fold`` (train, eval or inference) is kept."""
+    return f"{SOURCES_DIR}/{fold}/{name}.npz"
+
+
+def load_fold_sources(
+    verified: Verified, fold: str, names: Iterable[str]
+) -> dict[str, CandidateSource]:
+    """The sources ``names`` as fitted on ``fold`` by the generate stage."""
+    from gbrank.candidates.state import load_source
+
+    return {name: load_source(verified.path(source_file(fold, name))) for name in names}
+
+
+def feature_models(cfg: Config, verified: Verified, fold: str) -> dict[str, Any]:
+    """What the feature families take from the fold's fitted sources instead of fitting it
+    again (the similarity family's ALS factors and co-visitation weights), keyed as the
+    families memoise it."""
+    if "similarity" not in cfg.features.families:
+        return {}
+    from gbrank.features.families.similarity import models_from_sources
+
+    kinds = {name: table["kind"] for name, table in cfg.candidates.sources.items()}
+    wanted = models_wanted(kinds)
+    return models_from_sources(load_fold_sources(verified, fold, wanted))
+
+
+def models_wanted(kinds: dict[str, str]) -> list[str]:
+    """The first ALS source and the first co-visitation source, by configured order."""
+    out = []
+    for kind in ("als", "covisit"):
+        names = [name for name, k in kinds.items() if k == kind]
+        out += names[:1]
+    return out
 
 
 def fit_serving_sources(
@@ -370,11 +416,17 @@ def fit_serving_sources(
         source = sources.pop(0)
         t0 = time.perf_counter()
         fit_source(source, hist, data, fold.as_of)
-        save_source(source, run.file(source_file(source.name)))
-        written.append(source_file(source.name))
+        save_source(source, run.file(source_file("inference", source.name)))
+        written.append(source_file("inference", source.name))
         seconds["inference"][source.name] = time.perf_counter() - t0
         del source
     return written
+
+
+def _keep_source(source: CandidateSource, *, run: Run, fold: str) -> None:
+    from gbrank.candidates.state import save_source
+
+    save_source(source, run.file(source_file(fold, source.name)))
 
 
 @dataclass
@@ -408,7 +460,10 @@ def generate(cfg: Config) -> GenerateResult:
         users = fold_users(cfg, name, labels[C.USER].unique().sort().to_numpy())
         n_users[name] = {"labelled": labels[C.USER].n_unique(), "kept": len(users)}
         labels = labels.filter(pl.col(C.USER).is_in(users))
-        frames, seconds[name] = source_lists(cfg, hist, users, data, fold.as_of, budgets)
+        saved = [source_file(name, source) for source in cfg.candidates.sources]
+        keep = functools.partial(_keep_source, run=run, fold=name)
+        frames, seconds[name] = source_lists(cfg, hist, users, data, fold.as_of, budgets, keep)
+        outputs += saved
         if budgets is None:
             budgets = resolve_budgets(cfg, frames, labels)
             atomic_write_json(budgets, run.file("candidates/budgets.json"))
@@ -520,6 +575,7 @@ def build_features(cfg: Config) -> FeaturesResult:
             fold.as_of,
             items=data.item_attrs,
             users=data.user_attrs,
+            shared=feature_models(cfg, verified, name),
         )
         shards[name] = plan_shards(cands.height, cfg.features.shards, cfg.features.shard_rows)
 
@@ -891,17 +947,15 @@ class Recommender:
     """
 
     def __init__(self, cfg: Config, k: int, users_file: str | Path | None = None) -> None:
-        from gbrank.candidates.state import load_source
-
         raw = read_user_list(Path(users_file)) if users_file is not None else None
         _, verified = verify_run(cfg, "eval")  # every stage up to train
         self.cfg, self.k = cfg, k
         self.data = data = _load_run_data(verified)
         self.ranker = _load_ranker(verified, SERVE_MODEL)
         self.budgets: dict[str, int] = _read_json(verified, "candidates/budgets.json")
-        self.sources = [
-            load_source(verified.path(source_file(name))) for name in cfg.candidates.sources
-        ]
+        self.sources = list(
+            load_fold_sources(verified, "inference", cfg.candidates.sources).values()
+        )
         if raw is not None:
             codes = data.users.encode(raw)
             self.known = codes.drop_nulls().unique().sort().to_numpy()
@@ -916,7 +970,12 @@ class Recommender:
         )
         self.pop_list = popularity.generate(np.array([0], dtype=np.int32), k)[C.ITEM].to_list()
         self.builder = FeatureBuilder.from_config(
-            cfg, hist, fold.as_of, items=data.item_attrs, users=data.user_attrs
+            cfg,
+            hist,
+            fold.as_of,
+            items=data.item_attrs,
+            users=data.user_attrs,
+            shared=feature_models(cfg, verified, "inference"),
         )
         # Raw user ids keep the vocabulary's type, unless an unknown id does not parse as it:
         # then every id is written as text (decided now, so every batch has one schema).

@@ -149,6 +149,17 @@ def test_new_data_under_a_fixed_run_id_is_refused(project: Path, shops: dict[str
     assert not (run_dir(project) / "features" / "train.parquet").exists()
 
 
+@pytest.mark.parametrize("key", ["eval.users", "train.sample.users"])
+def test_a_new_user_budget_makes_generates_outputs_stale(project: Path, key: str) -> None:
+    """The user budgets decide which users generate makes candidates for: changing one under a
+    fixed run id is refused downstream until generate reruns."""
+    section, _, name = key.rpartition(".")
+    write_config(project, f"\n[{section}]\n{name} = 50\n")
+    code, output = invoke(project, "features")
+    assert code == EXIT_NO_INPUT, output
+    assert "different config" in output and "rerun `gbrank generate`" in output
+
+
 def test_rewritten_upstream_output_is_stale(project: Path) -> None:
     run = run_dir(project)
     record = json.loads((run / "stages" / "features.json").read_text())
@@ -183,7 +194,7 @@ def truncate(path: Path, keep: float = 0.5) -> None:
         ("features/eval.parquet", "eval", "features"),
         ("folds.json", "features", "generate"),
         ("candidates/budgets.json", "recommend", "generate"),
-        ("sources/covisit.npz", "recommend", "generate"),
+        ("sources/inference/covisit.npz", "recommend", "generate"),
         ("stages/generate.json", "features", "generate"),
     ],
 )

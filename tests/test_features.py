@@ -692,3 +692,68 @@ def test_features_of_a_sample_equal_those_of_the_full_candidate_list() -> None:
     )
     expected = full.join(keys, on=[C.USER, C.ITEM], how="semi")
     assert_frame_equal(sampled.select(expected.columns), expected)
+
+
+def test_similarity_reuses_the_folds_fitted_sources(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given a fitted ALS and co-visitation source, the family refits and recounts nothing,
+    and its columns match plain Python over those sources' factors and weights."""
+    from gbrank.candidates.als import ALSSource
+    from gbrank.candidates.covisit import CoVisitationSource
+
+    events = random_events(3)
+    past_events = events.filter(pl.col(C.TS) < AS_OF)
+    fitted = {
+        "als": ALSSource(factors=6, iterations=3),
+        "covisit": CoVisitationSource(neighbours=5),
+    }
+    n_users, n_items = 1003, N_ITEMS + 2
+    for source in fitted.values():
+        source.fit(past_events, n_users=n_users, n_items=n_items, as_of=AS_OF)
+    cands = candidates_for(events, seed=4)
+
+    def no_refit(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the similarity family fitted its own model")
+
+    monkeypatch.setattr(similarity, "_als_factors", no_refit)
+    monkeypatch.setattr(similarity, "_covisit_table", no_refit)
+    shared = similarity.models_from_sources(fitted)
+    frame = FeatureBuilder(events, AS_OF, families=["similarity"], shared=shared).build(cands)
+
+    covis = fitted["covisit"].covis_.toarray()
+    assert (covis > 0).sum() > 20 and not np.array_equal(covis, covis.T)  # one-way pairs too
+    brute = Brute(events, items_table(), cands)
+    brute.covisit = {
+        (a, b): max(covis[a, b], covis[b, a])
+        for a in range(n_items)
+        for b in range(n_items)
+        if a != b and max(covis[a, b], covis[b, a]) > 0
+    }
+    seen_users = np.diff(fitted["als"].user_items_.indptr) > 0
+    seen_items = np.bincount(fitted["als"].user_items_.indices, minlength=n_items) > 0
+    users = np.where(seen_users[:, None], fitted["als"].user_factors_, 0.0)
+    items = np.where(seen_items[:, None], fitted["als"].item_factors_, 0.0)
+
+    class Plain:  # the brute force's view of the factors: one zero row for unknown codes
+        pass
+
+    plain = Plain()
+    plain.users = np.vstack([users, np.zeros((1, 6))])  # type: ignore[attr-defined]
+    plain.items = np.vstack([items, np.zeros((1, 6))])  # type: ignore[attr-defined]
+    informative = 0
+    for row in frame.sample(60, seed=1).iter_rows(named=True):
+        expected = brute.similarity(row[C.USER], row[C.ITEM], plain)
+        check_row(row, expected, "similarity")
+        informative += bool(expected["sim_covisit_max"]) and bool(expected["sim_als_max"])
+    assert informative > 5
+
+
+def test_covisit_from_matrix_takes_the_larger_direction() -> None:
+    import scipy.sparse as sp
+
+    covis = sp.csr_matrix(
+        np.array([[0, 2, 0, 1], [5, 0, 0, 0], [0, 0, 0, 3], [0, 0, 0, 0]], dtype=np.float32)
+    )
+    table = similarity.covisit_from_matrix(covis)
+    items = np.array([0, 0, 1, 2, 3, 0])
+    others = np.array([[1], [3], [2], [3], [2], [-1]])
+    assert table.lookup(items, others).ravel().tolist() == [5.0, 1.0, 0.0, 3.0, 3.0, 0.0]

@@ -379,3 +379,63 @@ def test_user_budgets_limit_each_labelled_fold(
     result = pipeline.evaluate(small)
     assert 0 < result.users["click"] <= budget["eval"]
     assert result.users["click"] < results["eval"].users["click"]
+
+
+def test_every_folds_fitted_sources_are_kept(done: tuple[Config, dict]) -> None:
+    """generate keeps each fold's fitted sources: loaded back, they propose exactly the
+    candidates of the fold's file."""
+    from gbrank.candidates.state import load_source
+
+    cfg, results = done
+    run = results["generate"].run
+    budgets = json.loads(run.file("candidates/budgets.json").read_text())
+    for fold in ("train", "eval"):
+        cands = pl.read_parquet(run.file(f"candidates/{fold}.parquet"))
+        users = pl.read_parquet(run.file(f"labels/{fold}.parquet"))[C.USER].unique().sort()
+        for name in cfg.candidates.sources:
+            source = load_source(run.file(f"sources/{fold}/{name}.npz"))
+            proposed = source.generate(users.to_numpy(), budgets[name])
+            kept = cands.filter(pl.col(C.rank_col(name)).is_not_null())
+            assert_frame_equal(
+                proposed.select(C.USER, C.ITEM).sort(C.USER, C.ITEM),
+                kept.select(C.USER, C.ITEM).sort(C.USER, C.ITEM),
+            )
+        assert run.file(f"sources/inference/{name}.npz").exists()
+
+
+def test_similarity_features_come_from_the_folds_sources(
+    shop: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the similarity family on, features and recommend take ALS factors and
+    co-visitation weights from the saved sources: the family fits and counts nothing."""
+    from gbrank.candidates.state import load_source
+    from gbrank.features.families import similarity
+
+    def no_refit(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the similarity family fitted its own model")
+
+    monkeypatch.setattr(similarity, "_als_factors", no_refit)
+    monkeypatch.setattr(similarity, "_covisit_table", no_refit)
+    cfg = load_config(
+        None,
+        [
+            f'data.events="{shop / "events.parquet"}"',
+            f'data.items="{shop / "items.parquet"}"',
+            f'run.workspace="{tmp_path}"',
+            "candidates.sources.als.iterations=8",
+            'features.families=["user", "item", "source", "similarity"]',
+        ],
+    )
+    run = pipeline.generate(cfg).run
+    pipeline.build_features(cfg)
+    frame = pl.read_parquet(run.file("features/eval.parquet"))
+    als = load_source(run.file("sources/eval/als.npz"))
+    warm = frame.filter(pl.col("sim_als_user").is_not_null()).head(200)
+    users, items = warm[C.USER].to_numpy(), warm[C.ITEM].to_numpy()
+    dots = np.einsum("rk,rk->r", als.user_factors_[users], als.item_factors_[items])
+    np.testing.assert_allclose(warm["sim_als_user"].to_numpy(), dots, rtol=1e-4, atol=1e-5)
+    assert frame["sim_covisit_max"].drop_nulls().gt(0).any()
+    pipeline.train(cfg)
+    pipeline.evaluate(cfg)
+    recs = pipeline.recommend(cfg, k=5).recs
+    assert recs.height > 0

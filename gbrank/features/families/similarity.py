@@ -3,8 +3,10 @@ the user touched last.
 
 The user's recent items are their last ``recent_items`` distinct items, most recent first (by
 the time of their last touch). Two item-item similarities are aggregated over them, skipping
-the candidate itself: the co-visitation weight (number of users who touched both items within
-``covisit_hours`` of each other) and the cosine of ALS item factors fitted on the history.
+the candidate itself: the co-visitation weight and the cosine of ALS item factors. Both come
+from the fold's fitted candidate sources when the builder is given them (:func:`models_from_sources`;
+the pipeline does so), so nothing is fitted or counted twice; otherwise the family counts
+co-visits itself (users who touched both items within ``covisit_hours``) and fits its own ALS.
 Each is aggregated by max, mean and a recency-weighted mean (weight ``1 / k`` for the k-th most
 recent item). Rows are processed in batches of ``batch_rows`` candidates, so memory stays at
 ``batch_rows x recent_items`` similarities whatever the shard size.
@@ -12,7 +14,9 @@ recent item). Rows are processed in batches of ``batch_rows`` candidates, so mem
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -97,6 +101,17 @@ class CovisitTable:
         )
         values = found["weight"].fill_null(0.0).to_numpy().reshape(b.shape)
         return np.where((a < n) & (b < n) & (a != b), values, np.float32(0.0))
+
+
+def covisit_from_matrix(covis: sp.spmatrix) -> CovisitTable:
+    """The symmetric table of a fitted co-visitation source's ``covis_`` (items x items, each
+    item's best neighbours): the weight of a pair is the larger of its two directions."""
+    covis = sp.csr_matrix(covis, dtype=np.float32)
+    upper = sp.triu(covis.maximum(covis.T), k=1).tocoo()
+    n_items = covis.shape[0]
+    keys = upper.row.astype(np.int64) * n_items + upper.col.astype(np.int64)
+    order = np.argsort(keys, kind="stable")
+    return CovisitTable.of(keys[order], upper.data[order], n_items)
 
 
 def covisit_table(ctx: FeatureContext) -> CovisitTable:
@@ -211,6 +226,40 @@ class Factors:
         return np.einsum("rk,rnk->rn", self.unit_items[a], self.unit_items[b])
 
 
+def factors_from_arrays(
+    user_factors: np.ndarray, item_factors: np.ndarray, user_items: sp.spmatrix
+) -> Factors:
+    """:class:`Factors` of fitted ALS factors; users and items without any interaction in
+    ``user_items`` get zero rows (they carry only their random start)."""
+    users = np.array(user_factors, dtype=np.float32)
+    items = np.array(item_factors, dtype=np.float32)
+    user_items = sp.csr_matrix(user_items)
+    users[np.diff(user_items.indptr) == 0] = 0.0
+    items[np.bincount(user_items.indices, minlength=items.shape[0]) == 0] = 0.0
+    users = np.vstack([users, np.zeros((1, users.shape[1]), np.float32)])
+    items = np.vstack([items, np.zeros((1, items.shape[1]), np.float32)])
+    norms = np.linalg.norm(items, axis=1, keepdims=True)
+    unit = np.divide(items, norms, out=np.zeros_like(items), where=norms > 0)
+    cosines = unit @ unit.T if unit.shape[0] <= DENSE_MAX_ITEMS + 1 else None
+    return Factors(users, items, unit, cosines)
+
+
+def models_from_sources(sources: Mapping[str, Any]) -> dict[str, Any]:
+    """The family's models taken from a fold's fitted candidate sources, keyed as
+    :func:`als_factors` and :func:`covisit_table` memoise them: the factors of the first ALS
+    source and the weights of the first co-visitation source. What no source offers is
+    fitted or counted by the family itself."""
+    out: dict[str, Any] = {}
+    for source in sources.values():
+        if source.kind == "als" and "als" not in out:
+            out["als"] = factors_from_arrays(
+                source.user_factors_, source.item_factors_, source.user_items_
+            )
+        elif source.kind == "covisit" and "covisit" not in out:
+            out["covisit"] = covisit_from_matrix(source.covis_)
+    return out
+
+
 def als_factors(ctx: FeatureContext) -> Factors:
     return ctx.memo("als", lambda: _als_factors(ctx), shared=True)
 
@@ -255,17 +304,7 @@ def _als_factors(ctx: FeatureContext) -> Factors:
             num_threads=1,
         )
         model.fit(matrix.astype(np.float32), show_progress=False)
-    users = np.asarray(model.user_factors, dtype=np.float32)
-    items = np.asarray(model.item_factors, dtype=np.float32)
-    # Users and items without any event carry only their random start: zero them.
-    users[np.diff(matrix.indptr) == 0] = 0.0
-    items[np.bincount(matrix.indices, minlength=n_items) == 0] = 0.0
-    users = np.vstack([users, np.zeros((1, users.shape[1]), np.float32)])
-    items = np.vstack([items, np.zeros((1, items.shape[1]), np.float32)])
-    norms = np.linalg.norm(items, axis=1, keepdims=True)
-    unit = np.divide(items, norms, out=np.zeros_like(items), where=norms > 0)
-    cosines = unit @ unit.T if unit.shape[0] <= DENSE_MAX_ITEMS + 1 else None
-    return Factors(users, items, unit, cosines)
+    return factors_from_arrays(model.user_factors, model.item_factors, matrix)
 
 
 # --------------------------------------------------------------------------- aggregation
