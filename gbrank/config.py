@@ -28,6 +28,7 @@ from gbrank.columns import EVENT_TYPES, TARGETS
 from gbrank.errors import ConfigError, MissingInputError
 
 DEFAULT_CONFIG_FILE = "gbrank.toml"
+PREDICTORS = ("auto", "lightgbm", "lleaves")
 
 
 def _default_event_map() -> dict[str, str]:
@@ -238,6 +239,10 @@ class EvalConfig:
     # hash (0: all). Candidates, features and metrics are made for them alone, and the serving
     # model learns from them; 50,000 users put NDCG@10's standard error near 0.002.
     users: int = 50_000
+    # How eval and recommend score candidates: "lightgbm" (LightGBM's own predictor), "lleaves"
+    # (the trees compiled to native code: about 5x faster, compiled in about 5 s per 100 trees)
+    # or "auto" (lleaves when it is installed and a stage scores at least 1M rows).
+    predictor: str = "auto"
 
 
 @dataclass
@@ -391,6 +396,10 @@ def validate(cfg: Config) -> Config:
     for t in cfg.eval.targets:
         if t not in TARGETS:
             raise ConfigError(f"eval.targets: unknown target '{t}'{_nearest(t, TARGETS)}")
+    if cfg.eval.predictor not in PREDICTORS:
+        raise ConfigError(
+            f"eval.predictor must be one of {', '.join(PREDICTORS)}, got {cfg.eval.predictor!r}"
+        )
     if cfg.eval.users < 0:
         raise ConfigError(f"eval.users must be 0 (every user) or positive, got {cfg.eval.users}")
     if cfg.eval.batch_rows < 1:

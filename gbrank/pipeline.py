@@ -43,13 +43,13 @@ from gbrank.data.split import (
     make_folds,
 )
 from gbrank.data.vocab import Vocab
-from gbrank.errors import DataError, MissingInputError, warn
+from gbrank.errors import ConfigError, DataError, MissingInputError, warn
 from gbrank.executor import LocalExecutor, TableWriter
 from gbrank.features.builders import FeatureBuilder, feature_columns
 from gbrank.features.families.source import put_percentiles, sample_percentiles
 from gbrank.features.labels import attach_labels, build_labels, relevant_items
 from gbrank.metrics import candidate_report, metrics_rows, ranking_metrics
-from gbrank.rankers.lightgbm import LightGBMRanker
+from gbrank.rankers.lightgbm import LightGBMRanker, compiler_available
 from gbrank.rankers.sampling import (
     EVAL_USERS_SALT,
     TRAIN_USERS_SALT,
@@ -812,6 +812,9 @@ def evaluate(cfg: Config) -> EvalResult:
     features_path = verified.path("features/eval.parquet")
     labels = _read_parquet(verified, "labels/eval.parquet")
     ranker = _load_ranker(verified, EVAL_MODEL)
+    import pyarrow.parquet as pq
+
+    predictor = prepare_scoring(ranker, cfg, pq.ParquetFile(features_path).metadata.num_rows)
     k_max = max(cfg.eval.ks)
     rank_cols = [C.rank_col(s) for s in cfg.candidates.sources]
     parts: dict[str, list[pl.DataFrame]] = {RANKER: [], **{s: [] for s in cfg.candidates.sources}}
@@ -844,7 +847,7 @@ def evaluate(cfg: Config) -> EvalResult:
     metrics = pl.DataFrame(rows)
     run.begin_stage("eval")
     atomic_write_json(rows, run.file("metrics.json"))
-    run.record_stage("eval", time.perf_counter() - t0, users=users)
+    run.record_stage("eval", time.perf_counter() - t0, users=users, predictor=predictor)
     run.finish_stage(
         "eval",
         config_hash=stage_config_hash(cfg, "eval"),
@@ -884,6 +887,35 @@ def _concat_lists(frames: list[pl.DataFrame]) -> pl.DataFrame:
     return pl.DataFrame(
         schema={C.USER: pl.Int32, C.ITEM: pl.Int32, C.RANK: pl.Int32, C.SCORE: pl.Float64}
     )
+
+
+#: With eval.predictor = "auto", a model is compiled when a stage scores at least this many
+#: rows; below that, compiling (about 5 s per 100 trees) costs more than it saves.
+COMPILE_MIN_ROWS = 1_000_000
+
+
+def prepare_scoring(ranker: LightGBMRanker, cfg: Config, rows: int) -> str:
+    """Compile ``ranker`` when ``eval.predictor`` asks for it (``auto``: lleaves is installed
+    and about ``rows`` rows will be scored, at least ``COMPILE_MIN_ROWS``). Returns the
+    predictor used: "lleaves" or "lightgbm"."""
+    choice = cfg.eval.predictor
+    if choice == "lightgbm" or (choice == "auto" and rows < COMPILE_MIN_ROWS):
+        return "lightgbm"
+    if not compiler_available():
+        if choice == "lleaves":
+            raise ConfigError(
+                "eval.predictor is 'lleaves' but lleaves cannot be imported. Fix: "
+                "pip install 'lleaves>=1.3' 'llvmlite<0.45', or set eval.predictor = 'lightgbm'"
+            )
+        return "lightgbm"
+    try:
+        ranker.compile()
+    except Exception as exc:  # LLVM failures are not ours to crash on when "auto" chose it
+        if choice == "lleaves":
+            raise
+        warn(f"compiling the ranker with lleaves failed ({exc}); LightGBM scores instead")
+        return "lightgbm"
+    return "lleaves"
 
 
 def _load_ranker(verified: Verified, stem: str) -> LightGBMRanker:
@@ -963,6 +995,11 @@ class Recommender:
         else:
             self.known = np.arange(len(data.users), dtype=np.int32)
             self.cold_raw = pl.Series(C.RAW_USER, [], dtype=data.users.dtype)
+        # At most this many candidates per user: the predictor is chosen on the bound.
+        per_user = sum(self.budgets.values())
+        if cfg.candidates.max_per_user > 0:
+            per_user = min(per_user, cfg.candidates.max_per_user)
+        self.predictor = prepare_scoring(self.ranker, cfg, len(self.known) * per_user)
         fold = data.folds["inference"]
         hist = history(data.events, fold)
         popularity = build_source("popularity", "popularity", {"filter_seen": False}).fit(

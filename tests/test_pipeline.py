@@ -16,6 +16,7 @@ from gbrank import pipeline
 from gbrank.cli import app
 from gbrank.config import Config, dump_toml, load_config
 from gbrank.data.synth import SynthConfig, synthesize
+from gbrank.errors import ConfigError
 from gbrank.rankers.sampling import stable_unit
 
 SHOP = SynthConfig(users=2500, items=800, days=35, seed=3)
@@ -439,3 +440,74 @@ def test_similarity_features_come_from_the_folds_sources(
     pipeline.evaluate(cfg)
     recs = pipeline.recommend(cfg, k=5).recs
     assert recs.height > 0
+
+
+def test_compiled_predictor_gives_the_same_metrics_and_lists(
+    done: tuple[Config, dict], shop: Path, tmp_path: Path
+) -> None:
+    """eval.predictor = "lleaves" (the trees compiled to native code) against LightGBM's own
+    predictor on one run: the same metrics and the same recommendations."""
+    import shutil
+
+    cfg, results = done
+    source = results["eval"].run.path
+    shutil.copytree(source, tmp_path / "runs" / source.name)
+
+    def config(predictor: str) -> Config:
+        return load_config(
+            None,
+            [
+                f'data.events="{shop / "events.parquet"}"',
+                f'data.items="{shop / "items.parquet"}"',
+                f'run.workspace="{tmp_path}"',
+                f'run.run_id="{source.name}"',
+                "candidates.sources.als.iterations=8",
+                f'eval.predictor="{predictor}"',
+            ],
+        )
+
+    plain, compiled = config("lightgbm"), config("lleaves")
+    base = pipeline.evaluate(plain)
+    fast = pipeline.evaluate(compiled)
+    record = json.loads(fast.run.file("progress.json").read_text())["eval"]
+    assert record["predictor"] == "lleaves"
+    assert_frame_equal(fast.metrics.drop("value"), base.metrics.drop("value"))
+    np.testing.assert_allclose(fast.metrics["value"], base.metrics["value"], rtol=0, atol=1e-12)
+    assert_frame_equal(base.metrics, results["eval"].metrics)  # the default here: LightGBM
+    recommender = pipeline.Recommender(compiled, k=10)
+    assert recommender.predictor == "lleaves"
+    lists = pipeline.recommend(compiled, k=10).recs
+    assert_frame_equal(
+        lists.drop("score"), pipeline.recommend(plain, k=10).recs.drop("score"), check_exact=True
+    )
+
+
+def test_predictor_choice(done: tuple[Config, dict], monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    cfg, _ = done
+    ranker = pipeline.make_ranker(cfg, num_boost_round=3, early_stopping_rounds=0)
+    frame = pl.DataFrame(
+        {
+            C.USER: np.repeat(np.arange(10, dtype=np.int32), 5),
+            C.ITEM: np.tile(np.arange(5, dtype=np.int32), 10),
+            "f": np.arange(50, dtype=np.float32),
+            C.GRADE: np.tile(np.array([0, 1, 0, 2, 0], dtype=np.int8), 10),
+        }
+    )
+    ranker.fit(frame, ["f"], C.GRADE)
+
+    def choose(predictor: str, rows: int) -> str:
+        chosen = load_config(None, [f'eval.predictor="{predictor}"'])
+        return pipeline.prepare_scoring(ranker, chosen, rows)
+
+    assert choose("auto", pipeline.COMPILE_MIN_ROWS - 1) == "lightgbm"
+    assert choose("lightgbm", 10**9) == "lightgbm"
+    assert choose("auto", pipeline.COMPILE_MIN_ROWS) == "lleaves"
+    assert choose("lleaves", 1) == "lleaves"
+    monkeypatch.setitem(sys.modules, "lleaves", None)  # not installed
+    assert choose("auto", 10**9) == "lightgbm"
+    with pytest.raises(ConfigError, match="lleaves cannot be imported"):
+        choose("lleaves", 1)
+    with pytest.raises(ConfigError, match="eval.predictor must be one of"):
+        load_config(None, ['eval.predictor="onnx"'])

@@ -92,3 +92,48 @@ def test_validation_mask_never_empty_with_enough_users() -> None:
     users = np.repeat(np.arange(6), 3)
     mask = validation_mask(users, cfg)
     assert mask.sum() == 3 and np.unique(users[mask]).size == 1
+
+
+@pytest.mark.parametrize("objective", ["lambdarank", "binary"])
+def test_compiled_model_scores_like_lightgbm(
+    objective: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """lleaves' compiled trees give LightGBM's scores (to float64 rounding) on rows with
+    missing values, across several scoring blocks, and so the same order."""
+    import gbrank.rankers.lightgbm as module
+
+    train = ranking_frame(0).with_columns(
+        pl.when(pl.col("f2") > 1.0).then(None).otherwise(pl.col("f2")).alias("f2")
+    )
+    label = C.GRADE
+    if objective == "binary":
+        train = train.with_columns((pl.col(C.GRADE) >= 2).cast(pl.Int8).alias("y"))
+        label = "y"
+    ranker = LightGBMRanker(objective=objective, num_boost_round=60, early_stopping_rounds=0)
+    ranker.fit(train, ["f1", "f2"], label)
+    test = ranking_frame(1, users=300).with_columns(
+        pl.when(pl.col("f1") < -1.5).then(None).otherwise(pl.col("f1")).alias("f1")
+    )
+    expected = ranker.predict(test)
+    monkeypatch.setattr(module, "COMPILED_BLOCK_ROWS", 1000)  # 6 blocks, the last one short
+    ranker.compile()
+    got = ranker.predict(test)
+    assert test["f1"].null_count() > 100
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+    assert np.unique(expected).size > 100  # many distinct scores were compared
+    # The order the lists are cut from: identical.
+    assert np.array_equal(np.argsort(-got, kind="stable"), np.argsort(-expected, kind="stable"))
+
+
+def test_compile_without_lleaves_raises_import_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from gbrank.rankers.lightgbm import compiler_available
+
+    ranker = LightGBMRanker(num_boost_round=5, early_stopping_rounds=0)
+    ranker.fit(ranking_frame(0, users=20), ["f1", "f2"], C.GRADE)
+    assert compiler_available()
+    monkeypatch.setitem(sys.modules, "lleaves", None)
+    assert not compiler_available()
+    with pytest.raises(ImportError):
+        ranker.compile()

@@ -95,6 +95,19 @@ def _matrix(frame: pl.DataFrame, features: Sequence[str]) -> np.ndarray:
     return frame.select(pl.col(f).cast(pl.Float32) for f in features).to_numpy()
 
 
+#: Rows per call of a compiled model: a float64 block of 2**18 rows x 100 features is 200 MB.
+COMPILED_BLOCK_ROWS = 1 << 18
+
+
+def compiler_available() -> bool:
+    """Whether lleaves (which compiles LightGBM trees to native code) can be imported."""
+    try:
+        import lleaves  # noqa: F401
+    except Exception:  # an incompatible llvmlite fails on import too
+        return False
+    return True
+
+
 def data_fingerprint(frame: pl.DataFrame, columns: Sequence[str]) -> str:
     """Rows, columns and a content hash of the training data (for the sidecar)."""
     digest = int(frame.select(columns).hash_rows(seed=0).sum() or 0)
@@ -190,15 +203,45 @@ class LightGBMRanker:
         if not hasattr(self, "booster_"):
             raise NotFittedError("this ranker is not fitted: call fit (or load) first")
 
+    def compile(self) -> None:
+        """Compile the model's trees (up to ``best_iteration_``) to native code with lleaves;
+        ``predict`` then uses the compiled model. Its scores equal LightGBM's up to the order of
+        the float64 sum over trees (differences near 1e-15); on 2 cores it scores about 5x
+        faster, after a compilation of about 5 s per 100 trees.
+
+        Raises ImportError when lleaves cannot be imported.
+        """
+        import tempfile
+
+        import lleaves
+
+        self._check_fitted()
+        with tempfile.TemporaryDirectory(prefix="gbrank-compile-") as tmp:
+            path = Path(tmp) / "model.txt"
+            path.write_text(self.booster_.model_to_string(num_iteration=self.best_iteration_))
+            model = lleaves.Model(model_file=str(path))
+            model.compile()
+        self.compiled_ = model
+
     def predict(self, frame: pl.DataFrame) -> np.ndarray:
         """Scores for every row, features selected by name."""
         self._check_fitted()
         if frame.is_empty():
             return np.zeros(0, dtype=np.float64)
-        scores = self.booster_.predict(
-            _matrix(frame, self.features_), num_iteration=self.best_iteration_
-        )
-        return np.asarray(scores, dtype=np.float64)
+        compiled = getattr(self, "compiled_", None)
+        if compiled is None:
+            scores = self.booster_.predict(
+                _matrix(frame, self.features_), num_iteration=self.best_iteration_
+            )
+            return np.asarray(scores, dtype=np.float64)
+        out = np.empty(frame.height, dtype=np.float64)
+        threads = int(self._lgb_params()["num_threads"])
+        for start in range(0, frame.height, COMPILED_BLOCK_ROWS):
+            block = frame.slice(start, COMPILED_BLOCK_ROWS)
+            # The float32 values LightGBM sees, widened exactly, in the row order lleaves reads.
+            rows = _matrix(block, self.features_).astype(np.float64, order="C")
+            out[start : start + block.height] = compiled.predict(rows, n_jobs=threads)
+        return out
 
     def feature_importance(self) -> pl.DataFrame:
         self._check_fitted()
