@@ -318,10 +318,14 @@ def source_lists(
         n = budgets[source.name] if budgets else budget.generate_n
         t0 = time.perf_counter()
         fit_source(source, hist, data, as_of)
-        batches = [
-            source.generate(users[i : i + cfg.candidates.batch_users], n)
-            for i in range(0, len(users), cfg.candidates.batch_users)
-        ]
+        step = max(cfg.candidates.batch_users, 1)
+        batches = list(
+            LocalExecutor().map(
+                "generate",
+                functools.partial(source.generate, k=n),
+                (users[i : i + step] for i in range(0, len(users), step)),
+            )
+        )
         frames[source.name] = pl.concat(batches) if batches else source.generate(users[:0], n)
         if keep is not None:
             keep(source)
@@ -430,6 +434,56 @@ def _keep_source(source: CandidateSource, *, run: Run, fold: str) -> None:
 
 
 @dataclass
+class LabelledFold:
+    """What making one labelled fold leaves for the rest of ``generate``."""
+
+    budgets: dict[str, int]
+    outputs: list[str]
+    reports: list[pl.DataFrame]
+    seconds: dict[str, float]
+    users: dict[str, int]
+
+
+def labelled_fold(
+    cfg: Config, run: Run, data: RunData, name: str, budgets: dict[str, int] | None
+) -> LabelledFold:
+    """Candidates and labels of one labelled fold, written, with its fitted sources kept and
+    its recall reports; resolves the automatic budgets when ``budgets`` is None. The fold's
+    history and lists die with this call, before the next fold's are made."""
+    fold = data.folds[name]
+    hist = history(data.events, fold)
+    labels = build_labels(label_window(data.events, fold))
+    users = fold_users(cfg, name, labels[C.USER].unique().sort().to_numpy())
+    n_users = {"labelled": labels[C.USER].n_unique(), "kept": len(users)}
+    labels = labels.filter(pl.col(C.USER).is_in(users))
+    keep = functools.partial(_keep_source, run=run, fold=name)
+    frames, seconds = source_lists(cfg, hist, users, data, fold.as_of, budgets, keep)
+    del hist
+    outputs = [source_file(name, source) for source in cfg.candidates.sources]
+    if budgets is None:
+        budgets = resolve_budgets(cfg, frames, labels)
+        atomic_write_json(budgets, run.file("candidates/budgets.json"))
+    cands = combine(cfg, frames, budgets)
+    del frames
+    atomic_write_parquet(cands, run.file(f"candidates/{name}.parquet"))
+    atomic_write_parquet(labels, run.file(f"labels/{name}.parquet"))
+    outputs += [f"candidates/{name}.parquet", f"labels/{name}.parquet"]
+    reports = []
+    for target in cfg.eval.targets:
+        report = candidate_report(
+            cands, relevant_items(labels, target), list(cfg.candidates.sources)
+        )
+        reports.append(
+            report.with_columns(
+                pl.lit(name).alias("fold"),
+                pl.lit(target).alias("target"),
+                (pl.col("candidates") / max(len(users), 1)).alias("candidates_per_user"),
+            )
+        )
+    return LabelledFold(budgets, outputs, reports, seconds, n_users)
+
+
+@dataclass
 class GenerateResult:
     run: Run
     summary: Summary
@@ -450,36 +504,15 @@ def generate(cfg: Config) -> GenerateResult:
     del inputs
     reports: list[pl.DataFrame] = []
     seconds: dict[str, dict[str, float]] = {}
-    sources = list(cfg.candidates.sources)
     budgets: dict[str, int] | None = None
     n_users: dict[str, dict[str, int]] = {}
     for name in LABELLED_FOLDS:  # train first: it resolves the automatic budgets
-        fold = data.folds[name]
-        hist = history(data.events, fold)
-        labels = build_labels(label_window(data.events, fold))
-        users = fold_users(cfg, name, labels[C.USER].unique().sort().to_numpy())
-        n_users[name] = {"labelled": labels[C.USER].n_unique(), "kept": len(users)}
-        labels = labels.filter(pl.col(C.USER).is_in(users))
-        saved = [source_file(name, source) for source in cfg.candidates.sources]
-        keep = functools.partial(_keep_source, run=run, fold=name)
-        frames, seconds[name] = source_lists(cfg, hist, users, data, fold.as_of, budgets, keep)
-        outputs += saved
-        if budgets is None:
-            budgets = resolve_budgets(cfg, frames, labels)
-            atomic_write_json(budgets, run.file("candidates/budgets.json"))
-        cands = combine(cfg, frames, budgets)
-        atomic_write_parquet(cands, run.file(f"candidates/{name}.parquet"))
-        atomic_write_parquet(labels, run.file(f"labels/{name}.parquet"))
-        outputs += [f"candidates/{name}.parquet", f"labels/{name}.parquet"]
-        for target in cfg.eval.targets:
-            report = candidate_report(cands, relevant_items(labels, target), sources)
-            reports.append(
-                report.with_columns(
-                    pl.lit(name).alias("fold"),
-                    pl.lit(target).alias("target"),
-                    (pl.col("candidates") / max(len(users), 1)).alias("candidates_per_user"),
-                )
-            )
+        fold = labelled_fold(cfg, run, data, name, budgets)
+        budgets = fold.budgets
+        outputs += fold.outputs
+        reports += fold.reports
+        seconds[name], n_users[name] = fold.seconds, fold.users
+        del fold  # nothing of a fold stays alive while the next one is made
     # The serving fold (all events): every source fitted once and saved, for recommend.
     outputs += fit_serving_sources(cfg, data, run, seconds)
     recall = pl.concat(reports).select(

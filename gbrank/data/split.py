@@ -89,7 +89,11 @@ def rolling_folds(end: datetime, horizon_days: int, n_folds: int) -> list[Fold]:
 
 
 def history(events: pl.DataFrame, fold: Fold) -> pl.DataFrame:
-    """Events strictly before the fold's ``as_of``."""
+    """Events strictly before the fold's ``as_of`` (``events`` itself, not a copy, when every
+    event is: the inference fold's history is the whole log)."""
+    last = events[C.TS].max()
+    if last is None or last < fold.as_of:  # type: ignore[operator]
+        return events
     return events.filter(pl.col(C.TS) < fold.as_of)
 
 
