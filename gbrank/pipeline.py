@@ -17,7 +17,7 @@ import functools
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -301,35 +301,38 @@ def fit_source(
 def source_lists(
     cfg: Config,
     hist: pl.DataFrame,
-    users: np.ndarray,
+    users: np.ndarray | None,
     data: RunData,
     as_of: datetime,
     budgets: dict[str, int] | None = None,
     keep: Callable[[CandidateSource], None] | None = None,
 ) -> tuple[dict[str, pl.DataFrame], dict[str, float]]:
-    """Fit every source on ``hist``; each proposes its budget (or ``n_max`` when automatic
-    and not yet resolved) for ``users``, in batches of ``candidates.batch_users``, and is
-    then handed to ``keep`` (which saves it)."""
+    """Fit every source on ``hist``, one alive at a time; each proposes its budget (or
+    ``n_max`` when automatic and not yet resolved) for ``users`` (none when ``users`` is None),
+    in batches of ``candidates.batch_users``, and is then handed to ``keep`` (which saves it).
+    Returns the lists and each source's seconds."""
     frames: dict[str, pl.DataFrame] = {}
     seconds: dict[str, float] = {}
     sources = _sources(cfg)
     while sources:  # one fitted source alive at a time
         source, budget = sources.pop(0)
-        n = budgets[source.name] if budgets else budget.generate_n
         t0 = time.perf_counter()
         fit_source(source, hist, data, as_of)
-        step = max(cfg.candidates.batch_users, 1)
-        batches = list(
-            LocalExecutor().map(
-                "generate",
-                functools.partial(source.generate, k=n),
-                (users[i : i + step] for i in range(0, len(users), step)),
+        if users is not None:
+            n = budgets[source.name] if budgets else budget.generate_n
+            step = max(cfg.candidates.batch_users, 1)
+            batches = list(
+                LocalExecutor().map(
+                    "generate",
+                    functools.partial(source.generate, k=n),
+                    (users[i : i + step] for i in range(0, len(users), step)),
+                )
             )
-        )
-        frames[source.name] = pl.concat(batches) if batches else source.generate(users[:0], n)
+            frames[source.name] = pl.concat(batches) if batches else source.generate(users, n)
         if keep is not None:
             keep(source)
         seconds[source.name] = time.perf_counter() - t0
+        del source
     return frames, seconds
 
 
@@ -373,58 +376,36 @@ def source_file(fold: str, name: str) -> str:
     return f"{SOURCES_DIR}/{fold}/{name}.npz"
 
 
-def load_fold_sources(
-    verified: Verified, fold: str, names: Iterable[str]
-) -> dict[str, CandidateSource]:
-    """The sources ``names`` as fitted on ``fold`` by the generate stage."""
-    from gbrank.candidates.state import load_source
-
-    return {name: load_source(verified.path(source_file(fold, name))) for name in names}
-
-
-def feature_models(cfg: Config, verified: Verified, fold: str) -> dict[str, Any]:
-    """What the feature families take from the fold's fitted sources instead of fitting it
-    again (the similarity family's ALS factors and co-visitation weights), keyed as the
-    families memoise it."""
+def feature_models(cfg: Config, load: Callable[[str], CandidateSource]) -> dict[str, Any]:
+    """What the feature families take from a fold's fitted sources (``load(name)``) instead
+    of fitting it again (the similarity family's ALS factors and co-visitation weights), keyed
+    as the families memoise it."""
     if "similarity" not in cfg.features.families:
         return {}
     from gbrank.features.families.similarity import models_from_sources
 
     kinds = {name: table["kind"] for name, table in cfg.candidates.sources.items()}
-    wanted = models_wanted(kinds)
-    return models_from_sources(load_fold_sources(verified, fold, wanted))
+    return models_from_sources(kinds, load)
 
 
-def models_wanted(kinds: dict[str, str]) -> list[str]:
-    """The first ALS source and the first co-visitation source, by configured order."""
-    out = []
-    for kind in ("als", "covisit"):
-        names = [name for name, k in kinds.items() if k == kind]
-        out += names[:1]
-    return out
+def fold_source_loader(verified: Verified, fold: str) -> Callable[[str], CandidateSource]:
+    """``load(name)``: source ``name`` as the generate stage fitted it on ``fold``."""
+    from gbrank.candidates.state import load_source
+
+    return lambda name: load_source(verified.path(source_file(fold, name)))
 
 
 def fit_serving_sources(
     cfg: Config, data: RunData, run: Run, seconds: dict[str, dict[str, float]]
 ) -> list[str]:
-    """Fit every source on the whole history (the inference fold) and save it, one at a
-    time, so ``recommend`` scores users without refitting anything."""
-    from gbrank.candidates.state import save_source
-
+    """Fit every source on the whole history (the inference fold) and save it, so
+    ``recommend`` scores users without refitting anything."""
     fold = data.folds["inference"]
-    hist = history(data.events, fold)
-    written = []
-    seconds["inference"] = {}
-    sources = [source for source, _ in _sources(cfg)]
-    while sources:  # one fitted source alive at a time
-        source = sources.pop(0)
-        t0 = time.perf_counter()
-        fit_source(source, hist, data, fold.as_of)
-        save_source(source, run.file(source_file("inference", source.name)))
-        written.append(source_file("inference", source.name))
-        seconds["inference"][source.name] = time.perf_counter() - t0
-        del source
-    return written
+    keep = functools.partial(_keep_source, run=run, fold="inference")
+    _, seconds["inference"] = source_lists(
+        cfg, history(data.events, fold), None, data, fold.as_of, keep=keep
+    )
+    return [source_file("inference", name) for name in cfg.candidates.sources]
 
 
 def _keep_source(source: CandidateSource, *, run: Run, fold: str) -> None:
@@ -608,7 +589,7 @@ def build_features(cfg: Config) -> FeaturesResult:
             fold.as_of,
             items=data.item_attrs,
             users=data.user_attrs,
-            shared=feature_models(cfg, verified, name),
+            shared=feature_models(cfg, fold_source_loader(verified, name)),
         )
         shards[name] = plan_shards(cands.height, cfg.features.shards, cfg.features.shard_rows)
 
@@ -1018,9 +999,9 @@ class Recommender:
         self.data = data = _load_run_data(verified)
         self.ranker = _load_ranker(verified, SERVE_MODEL)
         self.budgets: dict[str, int] = _read_json(verified, "candidates/budgets.json")
-        self.sources = list(
-            load_fold_sources(verified, "inference", cfg.candidates.sources).values()
-        )
+        load = fold_source_loader(verified, "inference")
+        loaded = {name: load(name) for name in cfg.candidates.sources}
+        self.sources = list(loaded.values())
         if raw is not None:
             codes = data.users.encode(raw)
             self.known = codes.drop_nulls().unique().sort().to_numpy()
@@ -1045,7 +1026,7 @@ class Recommender:
             fold.as_of,
             items=data.item_attrs,
             users=data.user_attrs,
-            shared=feature_models(cfg, verified, "inference"),
+            shared=feature_models(cfg, loaded.__getitem__),  # the sources loaded above
         )
         # Raw user ids keep the vocabulary's type, unless an unknown id does not parse as it:
         # then every id is written as text (decided now, so every batch has one schema).

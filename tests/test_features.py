@@ -716,7 +716,7 @@ def test_similarity_reuses_the_folds_fitted_sources(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(similarity, "_als_factors", no_refit)
     monkeypatch.setattr(similarity, "_covisit_table", no_refit)
-    shared = similarity.models_from_sources(fitted)
+    shared = similarity.models_from_sources({name: name for name in fitted}, fitted.__getitem__)
     frame = FeatureBuilder(events, AS_OF, families=["similarity"], shared=shared).build(cands)
 
     covis = fitted["covisit"].covis_.toarray()

@@ -14,7 +14,7 @@ recent item). Rows are processed in batches of ``batch_rows`` candidates, so mem
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -244,19 +244,21 @@ def factors_from_arrays(
     return Factors(users, items, unit, cosines)
 
 
-def models_from_sources(sources: Mapping[str, Any]) -> dict[str, Any]:
+def models_from_sources(kinds: Mapping[str, str], load: Callable[[str], Any]) -> dict[str, Any]:
     """The family's models taken from a fold's fitted candidate sources, keyed as
     :func:`als_factors` and :func:`covisit_table` memoise them: the factors of the first ALS
-    source and the weights of the first co-visitation source. What no source offers is
-    fitted or counted by the family itself."""
+    source and the weights of the first co-visitation source, in ``kinds`` order (source name
+    -> kind). ``load(name)`` gives a fitted source; only those two are loaded. What no source
+    offers is fitted or counted by the family itself."""
     out: dict[str, Any] = {}
-    for source in sources.values():
-        if source.kind == "als" and "als" not in out:
+    for name, kind in kinds.items():
+        if kind == "als" and "als" not in out:
+            source = load(name)
             out["als"] = factors_from_arrays(
                 source.user_factors_, source.item_factors_, source.user_items_
             )
-        elif source.kind == "covisit" and "covisit" not in out:
-            out["covisit"] = covisit_from_matrix(source.covis_)
+        elif kind == "covisit" and "covisit" not in out:
+            out["covisit"] = covisit_from_matrix(load(name).covis_)
     return out
 
 
