@@ -306,10 +306,13 @@ def source_lists(
     as_of: datetime,
     budgets: dict[str, int] | None = None,
     keep: Callable[[CandidateSource], None] | None = None,
+    previous: Callable[[str], CandidateSource] | None = None,
 ) -> tuple[dict[str, pl.DataFrame], dict[str, float]]:
     """Fit every source on ``hist``, one alive at a time; each proposes its budget (or
     ``n_max`` when automatic and not yet resolved) for ``users`` (none when ``users`` is None),
     in batches of ``candidates.batch_users``, and is then handed to ``keep`` (which saves it).
+    A source that can start from an earlier fit (ALS) starts from ``previous(name)``, the
+    same source fitted on the previous fold, whose history is nested in ``hist``.
     Returns the lists and each source's seconds."""
     frames: dict[str, pl.DataFrame] = {}
     seconds: dict[str, float] = {}
@@ -317,6 +320,8 @@ def source_lists(
     while sources:  # one fitted source alive at a time
         source, budget = sources.pop(0)
         t0 = time.perf_counter()
+        if previous is not None and source.warm_startable:
+            source.warm_start(previous(source.name))
         fit_source(source, hist, data, as_of)
         if users is not None:
             n = budgets[source.name] if budgets else budget.generate_n
@@ -403,7 +408,13 @@ def fit_serving_sources(
     fold = data.folds["inference"]
     keep = functools.partial(_keep_source, run=run, fold="inference")
     _, seconds["inference"] = source_lists(
-        cfg, history(data.events, fold), None, data, fold.as_of, keep=keep
+        cfg,
+        history(data.events, fold),
+        None,
+        data,
+        fold.as_of,
+        keep=keep,
+        previous=_kept_source_loader(run, "inference"),
     )
     return [source_file("inference", name) for name in cfg.candidates.sources]
 
@@ -412,6 +423,22 @@ def _keep_source(source: CandidateSource, *, run: Run, fold: str) -> None:
     from gbrank.candidates.state import save_source
 
     save_source(source, run.file(source_file(fold, source.name)))
+
+
+#: The fold each fold's sources may start from: the one before it, whose history is nested in
+#: its own (folds are made in this order).
+PREVIOUS_FOLD = {"eval": "train", "inference": "eval"}
+
+
+def _kept_source_loader(run: Run, fold: str) -> Callable[[str], CandidateSource] | None:
+    """``load(name)``: source ``name`` as this generate stage kept it for the fold before
+    ``fold`` (None for the first fold)."""
+    from gbrank.candidates.state import load_source
+
+    before = PREVIOUS_FOLD.get(fold)
+    if before is None:
+        return None
+    return lambda name: load_source(run.file(source_file(before, name)))
 
 
 @dataclass
@@ -438,7 +465,8 @@ def labelled_fold(
     n_users = {"labelled": labels[C.USER].n_unique(), "kept": len(users)}
     labels = labels.filter(pl.col(C.USER).is_in(users))
     keep = functools.partial(_keep_source, run=run, fold=name)
-    frames, seconds = source_lists(cfg, hist, users, data, fold.as_of, budgets, keep)
+    previous = _kept_source_loader(run, name)
+    frames, seconds = source_lists(cfg, hist, users, data, fold.as_of, budgets, keep, previous)
     del hist
     outputs = [source_file(name, source) for source in cfg.candidates.sources]
     if budgets is None:

@@ -353,6 +353,77 @@ class TestKnownAnswers:
         assert out.height == 40 * 5
         assert (out[ITEM] // 10 == out[USER] // 20).all()
 
+    def test_als_warm_start_continues_from_the_earlier_fit(self) -> None:
+        """A warm-started fit is implicit's ALS run for ``warm_iterations`` sweeps from the
+        earlier fit's factors; without a usable earlier fit (other factors, other vocabulary,
+        ``warm_iterations=0``) it is the cold fit."""
+        from implicit.cpu.als import AlternatingLeastSquares
+        from threadpoolctl import threadpool_limits
+
+        from gbrank.candidates._scoring import interaction_matrix
+
+        rng = np.random.default_rng(5)
+        rows = [
+            (int(u), int(i), float(d), int(e))
+            for u, i, d, e in zip(
+                rng.integers(0, 60, 900),
+                rng.integers(0, 30, 900),
+                rng.uniform(0.5, 40, 900),
+                rng.integers(0, 4, 900),
+                strict=True,
+            )
+        ]
+        full = Dataset(make_history(rows), n_users=60, n_items=30, k=5)
+        # The earlier fold: the events older than 10 days.
+        early = Dataset(full.history.filter(pl.col(TS) < AS_OF - timedelta(days=10)), 60, 30, 5)
+        before = fit(ALSSource(factors=6, iterations=10, seed=2), early)
+
+        warm = ALSSource(factors=6, iterations=10, seed=2, warm_iterations=2)
+        assert warm.warm_startable and warm.warm_start(before)
+        fit(warm, full)
+        matrix = interaction_matrix(
+            full.history, n_users=60, n_items=30, event_weights=warm.event_weights
+        )
+        with threadpool_limits(1, "blas"):
+            reference = AlternatingLeastSquares(
+                factors=6, iterations=2, regularization=0.01, alpha=10.0, random_state=2
+            )
+            reference.user_factors = before.user_factors_.copy()
+            reference.item_factors = before.item_factors_.copy()
+            reference.fit(matrix, show_progress=False)
+        np.testing.assert_allclose(warm.user_factors_, reference.user_factors, rtol=1e-6)
+        np.testing.assert_allclose(warm.item_factors_, reference.item_factors, rtol=1e-6)
+        assert not np.allclose(warm.item_factors_, before.item_factors_)  # it did sweep
+        # The earlier fit is not changed by the warm one (its factors were copied).
+        assert np.array_equal(
+            before.item_factors_,
+            fit(ALSSource(factors=6, iterations=10, seed=2), early).item_factors_,
+        )
+
+        cold = fit(ALSSource(factors=6, iterations=10, seed=2), full)
+        assert not np.allclose(warm.item_factors_, cold.item_factors_)
+        unusable = [
+            (ALSSource(factors=6, iterations=10, seed=2, warm_iterations=0), before, False),
+            (ALSSource(factors=6, iterations=10, seed=2), ItemKNNSource(), False),
+            (
+                ALSSource(factors=6, iterations=10, seed=2),
+                fit(ALSSource(factors=4, iterations=3, seed=2), early),
+                False,
+            ),
+            # Accepted, but the matrix of the next fit has another shape: a cold start.
+            (
+                ALSSource(factors=6, iterations=10, seed=2),
+                ALSSource(factors=6, iterations=3, seed=2).fit(
+                    early.history, n_users=61, n_items=30, as_of=AS_OF
+                ),
+                True,
+            ),
+        ]
+        for source, earlier, accepted in unusable:
+            assert source.warm_start(earlier) is accepted
+            fit(source, full)
+            assert np.array_equal(source.item_factors_, cold.item_factors_)
+
     @pytest.mark.parametrize(
         "make",
         [

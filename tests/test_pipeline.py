@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from gbrank import columns as C
 from gbrank import pipeline
+from gbrank.candidates.base import CandidateSource
 from gbrank.cli import app
 from gbrank.config import Config, dump_toml, load_config
 from gbrank.data.synth import SynthConfig, synthesize
@@ -402,6 +403,33 @@ def test_every_folds_fitted_sources_are_kept(done: tuple[Config, dict]) -> None:
                 kept.select(C.USER, C.ITEM).sort(C.USER, C.ITEM),
             )
         assert run.file(f"sources/inference/{name}.npz").exists()
+
+
+def test_each_folds_als_starts_from_the_previous_folds(done: tuple[Config, dict]) -> None:
+    """The eval fold's ALS continues from the train fold's saved factors, the inference fold's
+    from the eval fold's (``warm_iterations`` sweeps on the fold's own, longer history)."""
+    from gbrank.candidates.state import load_source
+    from gbrank.data.split import history
+
+    cfg, results = done
+    run = results["generate"].run
+    _, verified = pipeline.verify_run(cfg, "features")
+    data = pipeline._load_run_data(verified)
+
+    def unfitted(name: str) -> CandidateSource:
+        return next(source for source, _ in pipeline._sources(cfg) if source.name == name)
+
+    for fold, before in (("eval", "train"), ("inference", "eval")):
+        saved = load_source(run.file(f"sources/{fold}/als.npz"))
+        redo = unfitted("als")
+        assert redo.warm_start(load_source(run.file(f"sources/{before}/als.npz")))
+        hist = history(data.events, data.folds[fold])
+        pipeline.fit_source(redo, hist, data, data.folds[fold].as_of)
+        np.testing.assert_array_equal(redo.item_factors_, saved.item_factors_)
+        np.testing.assert_array_equal(redo.user_factors_, saved.user_factors_)
+        cold = unfitted("als")
+        pipeline.fit_source(cold, hist, data, data.folds[fold].as_of)
+        assert not np.allclose(cold.item_factors_, saved.item_factors_)
 
 
 def test_similarity_features_come_from_the_folds_sources(

@@ -116,6 +116,7 @@ def test_compiled_model_scores_like_lightgbm(
     )
     expected = ranker.predict(test)
     monkeypatch.setattr(module, "COMPILED_BLOCK_ROWS", 1000)  # 6 blocks, the last one short
+    monkeypatch.setattr(module, "COMPILED_CALL_ROWS", 300)  # calls cut across blocks too
     ranker.compile()
     got = ranker.predict(test)
     assert test["f1"].null_count() > 100

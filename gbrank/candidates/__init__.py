@@ -3,7 +3,7 @@
 >>> source = build_source("als_small", "als", {"factors": 32})
 >>> source
 ALSSource(name='als_small', factors=32, iterations=15, regularization=0.01, alpha=10.0, \
-filter_seen=True, seed=0, num_threads=0, event_weights=(1.0, 2.0, 4.0, 8.0))
+filter_seen=True, seed=0, warm_iterations=3, num_threads=0, event_weights=(1.0, 2.0, 4.0, 8.0))
 """
 
 from __future__ import annotations

@@ -298,8 +298,9 @@ class FactorModelSource(CandidateSource):
     filter_seen: bool
 
     @abstractmethod
-    def _make_model(self) -> Any:
-        """The unfitted implicit model with this source's parameters."""
+    def _make_model(self, shape: tuple[int, int]) -> Any:
+        """The implicit model with this source's parameters, to fit on a ``shape`` (users x
+        items) matrix."""
 
     def _fit(
         self,
@@ -316,7 +317,7 @@ class FactorModelSource(CandidateSource):
         )
         # The model is built inside the limit too: implicit checks the BLAS threads on __init__.
         with threadpool_limits(1, "blas"):
-            model = self._make_model()
+            model = self._make_model(self.user_items_.shape)
             model.fit(self.user_items_, show_progress=False)
         self.model_ = model
         # What scoring needs, as plain arrays (the saved state; see candidates.state).

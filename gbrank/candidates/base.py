@@ -113,6 +113,17 @@ class CandidateSource(ABC):
             return empty_candidates()
         return self._generate(codes, int(k))
 
+    def warm_start(self, previous: CandidateSource) -> bool:
+        """Start the next ``fit`` from ``previous``, the same source fitted on an earlier
+        history of the same vocabularies (an earlier fold of a run), when the source can use
+        one; returns whether it will. Sources that always fit from scratch return False."""
+        return False
+
+    @property
+    def warm_startable(self) -> bool:
+        """Whether ``warm_start`` would be used (so a caller need not load ``previous``)."""
+        return False
+
     def check_params(self) -> None:
         """Raise ``ValueError`` naming the first invalid parameter (called by ``fit``)."""
         _require(

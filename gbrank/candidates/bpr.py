@@ -85,7 +85,7 @@ class BPRSource(FactorModelSource):
         require_positive(self.seed, "seed", integer=True, zero=True)
         require_positive(self.num_threads, "num_threads", integer=True, zero=True)
 
-    def _make_model(self) -> BayesianPersonalizedRanking:
+    def _make_model(self, shape: tuple[int, int]) -> BayesianPersonalizedRanking:
         return BayesianPersonalizedRanking(
             factors=self.factors,
             learning_rate=self.learning_rate,
