@@ -211,7 +211,11 @@ class SampleConfig:
 
 @dataclass
 class TrainConfig:
+    # "lightgbm" (parameters in train.params) or "xgboost" (in train.xgboost_params).
     backend: str = "lightgbm"
+    # The rank objective: "" is the backend's default (lightgbm: lambdarank; xgboost:
+    # rank:ndcg, or rank:pairwise).
+    objective: str = ""
     num_boost_round: int = 400
     early_stopping_rounds: int = 40
     valid_fraction: float = 0.2
@@ -227,6 +231,19 @@ class TrainConfig:
             "lambdarank_truncation_level": 20,
         }
     )
+    xgboost_params: dict[str, Any] = field(
+        default_factory=lambda: {
+            "learning_rate": 0.1,
+            "max_depth": 6,
+            "min_child_weight": 1.0,
+            "colsample_bytree": 0.9,
+            "lambdarank_num_pair_per_sample": 20,  # pairs cut at rank 20, as LightGBM's
+        }
+    )
+    # A user with more candidate rows than this is one query too large (LightGBM aborts above
+    # 10,000): "cap" keeps the best-ranked rows with a warning, "error" refuses.
+    max_group_rows: int = 10_000
+    group_overflow: str = "cap"
 
 
 @dataclass
@@ -411,7 +428,8 @@ def validate(cfg: Config) -> Config:
         "data.ts_unit": (cfg.data.ts_unit, ("auto", "s", "ms", "us", "ns", "datetime")),
         "data.id_dtype": (cfg.data.id_dtype, ("auto", "string", "int")),
         "data.duplicates": (cfg.data.duplicates, ("keep", "drop")),
-        "train.backend": (cfg.train.backend, ("lightgbm",)),
+        "train.backend": (cfg.train.backend, ("lightgbm", "xgboost")),
+        "train.group_overflow": (cfg.train.group_overflow, ("cap", "error")),
     }
     for name, (value, allowed) in choices.items():
         if value not in allowed:
@@ -437,10 +455,31 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"candidates.sources.{name}: missing key 'kind'")
         parse_budget(name, params)
     _check_sources(cfg)
-    from gbrank.rankers.lightgbm import check_params
-
-    check_params(cfg.train.params, "train.params")
+    if not 1 <= cfg.train.max_group_rows <= 10_000:
+        raise ConfigError("train.max_group_rows must be in 1..10000 (LightGBM's query limit)")
+    check_ranker_params(cfg)
     return cfg
+
+
+def check_ranker_params(cfg: Config) -> None:
+    """The configured backend's objective and parameters, checked before any data is read."""
+    from gbrank.rankers import DEFAULT_OBJECTIVES, backend_class
+
+    cls = backend_class(cfg.train.backend)
+    if cfg.train.objective and cls.objectives.get(cfg.train.objective) != "rank":
+        ranks = [o for o, kind in cls.objectives.items() if kind == "rank"]
+        raise ConfigError(
+            f"train.objective = '{cfg.train.objective}' is not a {cfg.train.backend} rank "
+            f'objective; one of {ranks} (or "" for {DEFAULT_OBJECTIVES[cfg.train.backend]["rank"]})'
+        )
+    if cfg.train.backend == "xgboost":
+        from gbrank.rankers.xgboost import check_params as check_xgboost
+
+        check_xgboost(cfg.train.xgboost_params, "train.xgboost_params")
+    else:
+        from gbrank.rankers.lightgbm import check_params
+
+        check_params(cfg.train.params, "train.params")
 
 
 def _check_sources(cfg: Config) -> None:

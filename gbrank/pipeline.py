@@ -28,6 +28,7 @@ import polars as pl
 import polars.selectors as cs
 
 from gbrank import columns as C
+from gbrank import rankers
 from gbrank.budgets import BUDGET_KEYS, Budget, cap_per_user, choose_n, parse_budget, truncate
 from gbrank.candidates import build_source, union_candidates
 from gbrank.candidates.base import CandidateSource
@@ -49,7 +50,8 @@ from gbrank.features.builders import FeatureBuilder, feature_columns
 from gbrank.features.families.source import put_percentiles, sample_percentiles
 from gbrank.features.labels import attach_labels, build_labels, relevant_items
 from gbrank.metrics import candidate_report, metrics_rows, ranking_metrics
-from gbrank.rankers.lightgbm import LightGBMRanker, compiler_available
+from gbrank.rankers.base import Ranker, cap_groups
+from gbrank.rankers.lightgbm import compiler_available
 from gbrank.rankers.sampling import (
     EVAL_USERS_SALT,
     TRAIN_USERS_SALT,
@@ -702,10 +704,11 @@ def validation_mask(users: np.ndarray, cfg: Config) -> np.ndarray:
     return _validation_mask(users, cfg.train.valid_fraction, cfg.run.seed)
 
 
-def make_ranker(cfg: Config, **overrides: Any) -> LightGBMRanker:
+def make_ranker(cfg: Config, kind: str = "rank", **overrides: Any) -> Ranker:
+    """An unfitted ranker of the configured backend (``train.backend``) for ``kind``."""
+    backend = cfg.train.backend
     kwargs: dict[str, Any] = {
-        "objective": "lambdarank",
-        "params": cfg.train.params,
+        "params": cfg.train.xgboost_params if backend == "xgboost" else cfg.train.params,
         "num_boost_round": cfg.train.num_boost_round,
         "early_stopping_rounds": cfg.train.early_stopping_rounds,
         "label_gain": [0.0, *cfg.events.gain_list()],
@@ -713,7 +716,13 @@ def make_ranker(cfg: Config, **overrides: Any) -> LightGBMRanker:
         "eval_at": cfg.eval.ks,
     }
     kwargs.update(overrides)
-    return LightGBMRanker(**kwargs)
+    objective = (cfg.train.objective or None) if kind == "rank" else None
+    return rankers.make_ranker(backend, kind, objective, **kwargs)
+
+
+def guarded_rows(rows: pl.DataFrame, cfg: Config) -> pl.DataFrame:
+    """Training rows with at most ``train.max_group_rows`` per user (``train.group_overflow``)."""
+    return cap_groups(rows, cfg.train.max_group_rows, cfg.train.group_overflow)
 
 
 @dataclass
@@ -728,16 +737,17 @@ class TrainResult:
 def train(cfg: Config) -> TrainResult:
     """Stage 3: lambdarank on the train fold with early stopping on held-out users; then the
     serving model, refit on the eval fold with the same number of trees."""
-    from gbrank.rankers.lightgbm import check_params
+    from gbrank.config import check_ranker_params
 
     t0 = time.perf_counter()
-    check_params(cfg.train.params, "train.params")
+    check_ranker_params(cfg)
     run, verified = verify_run(cfg, "train")
     # The features stage built the train fold for the training sample alone.
     rows = _read_parquet(verified, "features/train.parquet").sort(C.USER, C.ITEM)
     verified.path("features/eval.parquet")
     features = feature_columns(rows)
     check_training_rows(rows, "train")
+    rows = guarded_rows(rows, cfg)
     in_valid = pl.Series(validation_mask(rows[C.USER].to_numpy(), cfg))
     train_part, valid_part = rows.filter(~in_valid), rows.filter(in_valid)
     if valid_part.is_empty() and cfg.train.early_stopping_rounds > 0:
@@ -748,13 +758,14 @@ def train(cfg: Config) -> TrainResult:
         )
     ranker = make_ranker(cfg).fit(train_part, features, C.GRADE, valid=valid_part)
     del rows
-    serve_rows = _read_sample(verified.path("features/eval.parquet"), cfg)
+    serve_rows = guarded_rows(_read_sample(verified.path("features/eval.parquet"), cfg), cfg)
     check_training_rows(serve_rows, "eval")
     serve = make_ranker(cfg, num_boost_round=ranker.best_iteration_, early_stopping_rounds=0)
     serve.fit(serve_rows, features, C.GRADE)
     run.begin_stage("train")
     ranker.save(run.file(EVAL_MODEL))
     serve.save(run.file(SERVE_MODEL))
+    _drop_other_models(cfg, run, (EVAL_MODEL, SERVE_MODEL))
     run.record_stage(
         "train",
         time.perf_counter() - t0,
@@ -766,7 +777,7 @@ def train(cfg: Config) -> TrainResult:
         "train",
         config_hash=stage_config_hash(cfg, "train"),
         inputs=verified.hashes(),
-        outputs=[f"{stem}.{ext}" for stem in (EVAL_MODEL, SERVE_MODEL) for ext in ("txt", "json")],
+        outputs=[f for stem in (EVAL_MODEL, SERVE_MODEL) for f in model_files(cfg, stem)],
     )
     return TrainResult(
         run,
@@ -936,33 +947,58 @@ def _concat_lists(frames: list[pl.DataFrame]) -> pl.DataFrame:
 COMPILE_MIN_ROWS = 1_000_000
 
 
-def prepare_scoring(ranker: LightGBMRanker, cfg: Config, rows: int) -> str:
-    """Compile ``ranker`` when ``eval.predictor`` asks for it (``auto``: lleaves is installed
-    and about ``rows`` rows will be scored, at least ``COMPILE_MIN_ROWS``). Returns the
-    predictor used: "lleaves" or "lightgbm"."""
+def prepare_scoring(ranker: Ranker, cfg: Config, rows: int) -> str:
+    """Compile ``ranker`` when ``eval.predictor`` asks for it (``auto``: a LightGBM model,
+    lleaves installed and about ``rows`` rows to score, at least ``COMPILE_MIN_ROWS``).
+    Returns the predictor used: "lleaves", or the backend's own ("lightgbm", "xgboost")."""
     choice = cfg.eval.predictor
-    if choice == "lightgbm" or (choice == "auto" and rows < COMPILE_MIN_ROWS):
-        return "lightgbm"
+    own = ranker.backend
+    if choice == "lleaves" and own != "lightgbm":
+        raise ConfigError(
+            f"eval.predictor is 'lleaves', which compiles LightGBM models only, but "
+            f"train.backend is '{own}'. Fix: eval.predictor = 'auto'"
+        )
+    if own != "lightgbm" or choice == "lightgbm" or (choice == "auto" and rows < COMPILE_MIN_ROWS):
+        return own
     if not compiler_available():
         if choice == "lleaves":
             raise ConfigError(
                 "eval.predictor is 'lleaves' but lleaves cannot be imported. Fix: "
                 "pip install 'lleaves>=1.3' 'llvmlite<0.45', or set eval.predictor = 'lightgbm'"
             )
-        return "lightgbm"
+        return own
     try:
         ranker.compile()
     except Exception as exc:  # LLVM failures are not ours to crash on when "auto" chose it
         if choice == "lleaves":
             raise
         warn(f"compiling the ranker with lleaves failed ({exc}); LightGBM scores instead")
-        return "lightgbm"
+        return own
     return "lleaves"
 
 
-def _load_ranker(verified: Verified, stem: str) -> LightGBMRanker:
-    verified.path(f"{stem}.json")
-    return LightGBMRanker.load(verified.path(f"{stem}.txt").with_suffix(""))
+def model_files(cfg: Config, stem: str) -> list[str]:
+    """The files of the model saved at ``stem`` by the configured backend."""
+    return [stem + rankers.backend_class(cfg.train.backend).model_suffix, f"{stem}.json"]
+
+
+def _drop_other_models(cfg: Config, run: Run, stems: tuple[str, ...]) -> None:
+    """Remove model files of these stems that another backend left (a run folder trained
+    again with another ``train.backend``), so no stale model sits beside the current one."""
+    for stem in stems:
+        keep = {Path(f).name for f in model_files(cfg, stem)}
+        for path in run.file(stem).parent.glob(Path(stem).name + ".*"):
+            if path.name not in keep and not path.name.startswith("."):
+                path.unlink()
+
+
+def _load_ranker(verified: Verified, stem: str) -> Ranker:
+    """A model the train stage saved, both files checked against the stage's record."""
+    sidecar = verified.path(f"{stem}.json")
+    for name in verified.records["train"]["outputs"]:
+        if name.startswith(f"{stem}.") and name != f"{stem}.json":
+            verified.path(name)  # the model file, against the stage's record
+    return rankers.load_ranker(sidecar.with_suffix(""))
 
 
 # --------------------------------------------------------------------------- recommend

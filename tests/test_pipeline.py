@@ -194,6 +194,49 @@ def test_cli_stages_reproduce_python_metrics(
         ).read_bytes()
 
 
+def test_xgboost_backend_trains_evaluates_and_recommends(
+    done: tuple[Config, dict], shop: Path, tmp_path: Path
+) -> None:
+    """train.backend = "xgboost" on the same candidates and features: its models are XGBoost
+    files, scored by XGBoost, and the two-stage model still beats every single source."""
+    import shutil
+
+    cfg, results = done
+    run = results["generate"].run
+    shutil.copytree(run.file(), tmp_path / "runs" / run.id)
+    overrides = [
+        f'data.events="{shop / "events.parquet"}"',
+        f'data.items="{shop / "items.parquet"}"',
+        f'run.workspace="{tmp_path}"',
+        f'run.run_id="{run.id}"',
+        "candidates.sources.als.iterations=8",
+        'train.backend="xgboost"',
+    ]
+    xgb_cfg = load_config(None, overrides)
+    trained = pipeline.train(xgb_cfg)
+    models = trained.run.file("models")
+    assert sorted(p.name for p in models.iterdir()) == [
+        "ranker_eval.json",
+        "ranker_eval.ubj",
+        "ranker_serve.json",
+        "ranker_serve.ubj",
+    ]
+    assert json.loads((models / "ranker_serve.json").read_text())["backend"] == "xgboost"
+    result = pipeline.evaluate(xgb_cfg)
+    assert result.run.progress()["eval"]["predictor"] == "xgboost"
+    for target in ("click", "purchase"):
+        ranker = metric(result.metrics, "ranker", target, "ndcg", 10)
+        best_source = max(
+            metric(result.metrics, s, target, "ndcg", 10) for s in cfg.candidates.sources
+        )
+        assert ranker > best_source, (target, ranker, best_source)
+    recs = pipeline.recommend(xgb_cfg, k=5).recs
+    assert recs.group_by("user_id").len()["len"].eq(5).all()
+    lleaves = load_config(None, [*overrides, 'eval.predictor="lleaves"'])
+    with pytest.raises(ConfigError, match="LightGBM models only"):
+        pipeline.evaluate(lleaves)
+
+
 def test_recommend_k_distinct_items_with_raw_ids(
     done: tuple[Config, dict], shop: Path, tmp_path: Path
 ) -> None:

@@ -1,9 +1,8 @@
-"""LightGBM ranker: lambdarank on graded labels, or a binary head.
+"""LightGBM backend: lambdarank on graded labels, or a binary head (CTR, CVR).
 
-The one invariant a caller keeps is "the frame is sorted by user"; query group sizes are
-derived from that sort here and nowhere else. Models are saved in LightGBM's own text format
-next to a JSON sidecar (feature names in order, parameters, data fingerprint), and features are
-selected by name before predicting, so a column reorder can never feed the wrong feature.
+The protocol, the input guards and the model files are :mod:`gbrank.rankers.base`'s. Models
+are saved in LightGBM's own text format (``<stem>.txt``) beside the JSON sidecar. Trained
+models can be compiled to native code with lleaves for scoring (``compile``).
 
 Example:
     >>> ranker = LightGBMRanker(label_gain=[0, 1, 2, 6, 16])       # doctest: +SKIP
@@ -14,22 +13,19 @@ Example:
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import lightgbm as lgb
 import numpy as np
 import polars as pl
 
-from gbrank import __version__
-from gbrank import columns as C
-from gbrank.atomic import atomic_write_json, atomic_write_text, file_sha256
-from gbrank.errors import ConfigError, DamagedArtifactError, MissingInputError, NotFittedError
+from gbrank.errors import ConfigError, DamagedArtifactError
+from gbrank.rankers.base import Ranker, feature_matrix, query_groups
 
 
 @contextmanager
@@ -80,19 +76,8 @@ def check_params(params: Mapping[str, Any], where: str = "train.params") -> None
 
 
 def group_sizes(frame: pl.DataFrame) -> np.ndarray:
-    """Query sizes for a frame sorted by user (the only place groups are made)."""
-    users = frame[C.USER].to_numpy()
-    if users.size and np.any(users[1:] < users[:-1]):
-        raise ValueError("the frame must be sorted by user before ranking (sort by 'user')")
-    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1], True])
-    return np.diff(starts)
-
-
-def _matrix(frame: pl.DataFrame, features: Sequence[str]) -> np.ndarray:
-    missing = [f for f in features if f not in frame.columns]
-    if missing:
-        raise ValueError(f"feature columns missing from the frame: {missing}")
-    return frame.select(pl.col(f).cast(pl.Float32) for f in features).to_numpy()
+    """Query sizes for a frame sorted by user (see :func:`gbrank.rankers.base.query_groups`)."""
+    return query_groups(frame).sizes
 
 
 #: Rows taken from the frame at a time for a compiled model (float32, 100 MB at 100 features),
@@ -112,36 +97,29 @@ def compiler_available() -> bool:
     return True
 
 
-def data_fingerprint(frame: pl.DataFrame, columns: Sequence[str]) -> str:
-    """Rows, columns and a content hash of the training data (for the sidecar)."""
-    digest = int(frame.select(columns).hash_rows(seed=0).sum() or 0)
-    return f"{frame.height}x{len(columns)}:{digest:x}"
+#: Parameters gbrank sets itself: a sidecar's copy of them is not a user parameter.
+_OWN_PARAMS = (
+    "objective",
+    "seed",
+    "deterministic",
+    "force_row_wise",
+    "num_threads",
+    "verbosity",
+    "metric",
+    "eval_at",
+    "label_gain",
+    "first_metric_only",
+)
 
 
-class LightGBMRanker:
-    """A LightGBM model over candidate rows.
+class LightGBMRanker(Ranker):
+    """A LightGBM model over candidate rows: ``lambdarank`` (integer grades, gains from
+    ``label_gain``; early stopping on NDCG at the first ``eval_at``) or ``binary`` (0/1 labels;
+    early stopping on log loss). Scores can be compiled to native code (``compile``)."""
 
-    ``objective`` is ``"lambdarank"`` (label: integer grade, gains from ``label_gain``) or
-    ``"binary"`` (label: 0/1).
-    """
-
-    def __init__(
-        self,
-        objective: str = "lambdarank",
-        params: dict[str, Any] | None = None,
-        num_boost_round: int = 400,
-        early_stopping_rounds: int = 40,
-        label_gain: Sequence[float] | None = None,
-        seed: int = 0,
-        eval_at: Sequence[int] = (10, 20),
-    ) -> None:
-        self.objective = objective
-        self.params = dict(params or {})
-        self.num_boost_round = num_boost_round
-        self.early_stopping_rounds = early_stopping_rounds
-        self.label_gain = list(label_gain) if label_gain is not None else None
-        self.seed = seed
-        self.eval_at = list(eval_at)
+    backend = "lightgbm"
+    objectives = {"lambdarank": "rank", "binary": "binary"}
+    model_suffix = ".txt"
 
     def _lgb_params(self) -> dict[str, Any]:
         params: dict[str, Any] = {
@@ -149,48 +127,42 @@ class LightGBMRanker:
             "seed": self.seed,
             "deterministic": True,
             "force_row_wise": True,
-            "num_threads": 2,
+            "num_threads": self.num_threads,
             "verbosity": -1,
+            "first_metric_only": True,  # early stopping on the exact target metric
         }
-        if self.objective == "lambdarank":
+        if self.kind == "rank":
             params["metric"] = "ndcg"
             params["eval_at"] = self.eval_at
             if self.label_gain is not None:
                 params["label_gain"] = self.label_gain
         else:
             params["metric"] = "binary_logloss"
-        params.update(self.params)
+        params.update({k: v for k, v in self.params.items() if k not in _OWN_PARAMS})
         return params
 
-    def _dataset(self, frame: pl.DataFrame, label: str, reference: Any = None) -> lgb.Dataset:
-        group = group_sizes(frame) if self.objective == "lambdarank" else None
+    def _dataset(self, frame: pl.DataFrame, reference: Any = None) -> lgb.Dataset:
+        group = query_groups(frame).sizes if self.kind == "rank" else None
         return lgb.Dataset(
-            _matrix(frame, self.features_),
-            label=frame[label].to_numpy(),
+            feature_matrix(frame, self.features_),
+            label=frame[self.label_].to_numpy(),
             group=group,
             feature_name=list(self.features_),
             reference=reference,
             free_raw_data=True,
         )
 
-    def fit(
-        self,
-        train: pl.DataFrame,
-        features: Sequence[str],
-        label: str,
-        valid: pl.DataFrame | None = None,
-    ) -> Self:
-        """Train on ``train`` (sorted by user); early-stop on ``valid`` when given."""
-        if train.is_empty():
-            raise ValueError("no training rows: the train fold produced no labelled candidates")
-        self.features_ = list(features)
-        self.label_ = label
-        dtrain = self._dataset(train, label)
+    def _train(self, train: pl.DataFrame, valid: pl.DataFrame | None) -> None:
+        dtrain = self._dataset(train)
         callbacks: list[Any] = []
         valid_sets = []
-        if valid is not None and not valid.is_empty() and self.early_stopping_rounds > 0:
-            valid_sets = [self._dataset(valid, label, reference=dtrain)]
-            callbacks.append(lgb.early_stopping(self.early_stopping_rounds, verbose=False))
+        if valid is not None:
+            valid_sets = [self._dataset(valid, reference=dtrain)]
+            callbacks.append(
+                lgb.early_stopping(
+                    self.early_stopping_rounds, first_metric_only=True, verbose=False
+                )
+            )
         self.booster_ = lgb.train(
             self._lgb_params(),
             dtrain,
@@ -200,12 +172,7 @@ class LightGBMRanker:
         )
         best = self.booster_.best_iteration
         self.best_iteration_ = int(best) if best and best > 0 else self.booster_.current_iteration()
-        self.fingerprint_ = data_fingerprint(train, [*self.features_, label])
-        return self
-
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "booster_"):
-            raise NotFittedError("this ranker is not fitted: call fit (or load) first")
+        self.compiled_ = None
 
     def compile(self) -> None:
         """Compile the model's trees (up to ``best_iteration_``) to native code with lleaves;
@@ -227,28 +194,23 @@ class LightGBMRanker:
             model.compile()
         self.compiled_ = model
 
-    def predict(self, frame: pl.DataFrame) -> np.ndarray:
-        """Scores for every row, features selected by name."""
-        self._check_fitted()
-        if frame.is_empty():
-            return np.zeros(0, dtype=np.float64)
+    def _predict(self, frame: pl.DataFrame) -> np.ndarray:
         compiled = getattr(self, "compiled_", None)
         if compiled is None:
             scores = self.booster_.predict(
-                _matrix(frame, self.features_), num_iteration=self.best_iteration_
+                feature_matrix(frame, self.features_), num_iteration=self.best_iteration_
             )
             return np.asarray(scores, dtype=np.float64)
         out = np.empty(frame.height, dtype=np.float64)
-        threads = int(self._lgb_params()["num_threads"])
         for start in range(0, frame.height, COMPILED_BLOCK_ROWS):
-            block = _matrix(frame.slice(start, COMPILED_BLOCK_ROWS), self.features_)
+            block = feature_matrix(frame.slice(start, COMPILED_BLOCK_ROWS), self.features_)
             for offset in range(0, block.shape[0], COMPILED_CALL_ROWS):
                 # The float32 values LightGBM sees, widened exactly, in row order.
                 rows = np.ascontiguousarray(
                     block[offset : offset + COMPILED_CALL_ROWS], dtype=np.float64
                 )
                 at = start + offset
-                out[at : at + rows.shape[0]] = compiled.predict(rows, n_jobs=threads)
+                out[at : at + rows.shape[0]] = compiled.predict(rows, n_jobs=self.num_threads)
         return out
 
     def feature_importance(self) -> pl.DataFrame:
@@ -257,79 +219,20 @@ class LightGBMRanker:
         return pl.DataFrame({"feature": self.features_, "gain": gain}).sort("gain", descending=True)
 
     def sidecar(self) -> dict[str, Any]:
-        self._check_fitted()
         return {
-            "backend": "lightgbm",
+            **super().sidecar(),
             "lightgbm_version": lgb.__version__,
-            "gbrank_version": __version__,
-            "objective": self.objective,
-            "label": self.label_,
-            "feature_names": self.features_,
-            "params": self._lgb_params(),
-            "num_boost_round": self.num_boost_round,
-            "early_stopping_rounds": self.early_stopping_rounds,
-            "best_iteration": self.best_iteration_,
-            "label_gain": self.label_gain,
-            "seed": self.seed,
-            "data_fingerprint": self.fingerprint_,
+            "backend_params": self._lgb_params(),
         }
 
-    def save(self, stem: str | Path) -> tuple[Path, Path]:
-        """Write ``<stem>.txt`` (LightGBM text model) and ``<stem>.json`` (sidecar)."""
-        stem = Path(stem)
-        model_path, sidecar_path = stem.with_suffix(".txt"), stem.with_suffix(".json")
-        atomic_write_text(self.booster_.model_to_string(num_iteration=-1), model_path)
-        atomic_write_json({**self.sidecar(), "model_sha256": file_sha256(model_path)}, sidecar_path)
-        return model_path, sidecar_path
+    def _model_bytes(self) -> bytes:
+        return self.booster_.model_to_string(num_iteration=-1).encode()
 
-    @classmethod
-    def load(cls, stem: str | Path) -> LightGBMRanker:
-        stem = Path(stem)
-        model_path, sidecar_path = stem.with_suffix(".txt"), stem.with_suffix(".json")
-        for p in (model_path, sidecar_path):
-            if not p.exists():
-                raise MissingInputError(f"model file {p} does not exist: run `gbrank train` first")
-        try:
-            meta = json.loads(sidecar_path.read_text())
-            expected = meta["model_sha256"]
-        except (ValueError, KeyError, TypeError):
+    def _load_model(self, data: bytes) -> None:
+        self.booster_ = lgb.Booster(model_str=data.decode())
+        self.compiled_ = None
+        if self.booster_.feature_name() != self.features_:
             raise DamagedArtifactError(
-                f"artifact {sidecar_path} is damaged (not a model sidecar): rerun `gbrank train`"
-            ) from None
-        # LightGBM aborts the process on some truncated models: check the bytes first.
-        if file_sha256(model_path) != expected:
-            raise DamagedArtifactError(
-                f"artifact {model_path} is damaged (hash mismatch): rerun `gbrank train`"
+                "the LightGBM model and its sidecar disagree on the feature names: "
+                "rerun `gbrank train`"
             )
-        params = {
-            k: v
-            for k, v in meta["params"].items()
-            if k
-            not in (
-                "objective",
-                "seed",
-                "deterministic",
-                "force_row_wise",
-                "num_threads",
-                "verbosity",
-                "metric",
-                "eval_at",
-                "label_gain",
-            )
-        }
-        ranker = cls(
-            objective=meta["objective"],
-            params=params,
-            num_boost_round=meta["num_boost_round"],
-            early_stopping_rounds=meta["early_stopping_rounds"],
-            label_gain=meta["label_gain"],
-            seed=meta["seed"],
-        )
-        ranker.booster_ = lgb.Booster(model_str=model_path.read_text())
-        ranker.features_ = list(meta["feature_names"])
-        ranker.label_ = meta["label"]
-        ranker.best_iteration_ = int(meta["best_iteration"])
-        ranker.fingerprint_ = meta["data_fingerprint"]
-        if ranker.booster_.feature_name() != ranker.features_:
-            raise ValueError(f"{model_path} and {sidecar_path} disagree on the feature names")
-        return ranker

@@ -1,0 +1,234 @@
+"""One conformance suite for every ranker backend and head: known answers, the save/load round
+trip, determinism and the input guards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from gbrank import columns as C
+from gbrank.errors import EXIT_DATA, EXIT_NO_INPUT, DamagedArtifactError, DataError, GbrankWarning
+from gbrank.rankers import BACKENDS, backend_class, load_ranker, make_ranker
+from gbrank.rankers.base import MAX_GROUP_ROWS, Ranker, cap_groups, check_labels, query_groups
+
+GAINS = [0.0, 1.0, 3.0, 7.0, 15.0]
+
+#: Every (backend, objective) gbrank offers.
+CASES = [(b, o) for b in BACKENDS for o in backend_class(b).objectives]
+
+
+def frame(seed: int, users: int = 150, per_user: int = 12) -> pl.DataFrame:
+    """Grades follow feature ``f1`` (with noise); ``f2`` is noise; ``y`` is grade >= 2."""
+    rng = np.random.default_rng(seed)
+    n = users * per_user
+    f1 = rng.normal(size=n)
+    grade = np.clip(np.round(1.5 * f1 + 1 + rng.normal(scale=0.4, size=n)), 0, 4)
+    return pl.DataFrame(
+        {
+            C.USER: np.repeat(np.arange(users, dtype=np.int32), per_user),
+            C.ITEM: np.tile(np.arange(per_user, dtype=np.int32), users),
+            "f1": f1.astype(np.float32),
+            "f2": rng.normal(size=n).astype(np.float32),
+            C.GRADE: grade.astype(np.int8),
+            "y": (grade >= 2).astype(np.int8),
+        }
+    )
+
+
+def fitted(backend: str, objective: str, seed: int = 0, rounds: int = 40) -> Ranker:
+    cls = backend_class(backend)
+    kind = cls.objectives[objective]
+    ranker = make_ranker(
+        backend,
+        kind,
+        objective,
+        num_boost_round=rounds,
+        early_stopping_rounds=10,
+        label_gain=GAINS,
+        seed=seed,
+    )
+    label = C.GRADE if kind == "rank" else "y"
+    return ranker.fit(frame(0), ["f1", "f2"], label, valid=frame(1))
+
+
+def ndcg_at(scores: np.ndarray, test: pl.DataFrame, k: int) -> float:
+    """Mean NDCG@k over users with a positive (gain GAINS[grade]), by brute force."""
+    values = []
+    for user in np.unique(test[C.USER].to_numpy()):
+        rows = test[C.USER].to_numpy() == user
+        gains = np.asarray(GAINS)[test[C.GRADE].to_numpy()[rows].astype(int)]
+        if gains.max() == 0:
+            continue
+        order = np.lexsort((test[C.ITEM].to_numpy()[rows], -scores[rows]))
+        discount = 1 / np.log2(np.arange(2, k + 2))
+        dcg = (gains[order][:k] * discount[: min(k, rows.sum())]).sum()
+        ideal = (np.sort(gains)[::-1][:k] * discount[: min(k, rows.sum())]).sum()
+        values.append(dcg / ideal)
+    return float(np.mean(values))
+
+
+def auc(scores: np.ndarray, y: np.ndarray) -> float:
+    """Probability that a positive outscores a negative (ties count half), by brute force."""
+    pos, neg = scores[y == 1], scores[y == 0]
+    return float(((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])).mean())
+
+
+@pytest.mark.parametrize(("backend", "objective"), CASES)
+class TestConformance:
+    def test_known_answer(self, backend: str, objective: str) -> None:
+        """The model learns the signal: scores follow f1, f1 carries the gain, and NDCG@10 on
+        new users is far above a random order and near the oracle's (scores = f1)."""
+        ranker = fitted(backend, objective)
+        test = frame(2)
+        scores = ranker.predict(test)
+        assert np.corrcoef(scores, test["f1"].to_numpy())[0, 1] > 0.8
+        assert ranker.feature_importance()["feature"][0] == "f1"
+        if ranker.kind == "rank":
+            oracle = ndcg_at(test["f1"].to_numpy(), test, 10)
+            random = ndcg_at(np.random.default_rng(0).random(test.height), test, 10)
+            got = ndcg_at(scores, test, 10)
+            assert got > random + 0.5 * (oracle - random) and got > oracle - 0.05
+        else:
+            assert scores.min() >= 0 and scores.max() <= 1  # probabilities
+            y = test["y"].to_numpy()
+            assert auc(scores, y) > auc(test["f1"].to_numpy(), y) - 0.03
+            assert abs(scores.mean() - y.mean()) < 0.05  # calibrated on average
+        assert 1 <= ranker.best_iteration_ <= 40
+
+    def test_save_load_round_trip(self, backend: str, objective: str, tmp_path: Path) -> None:
+        ranker = fitted(backend, objective)
+        model, sidecar = ranker.save(tmp_path / "m")
+        assert model.suffix == backend_class(backend).model_suffix and sidecar.suffix == ".json"
+        loaded = load_ranker(tmp_path / "m")
+        assert type(loaded) is type(ranker) and loaded.objective == objective
+        test = frame(2)
+        np.testing.assert_array_equal(loaded.predict(test), ranker.predict(test))
+        assert loaded.sidecar()["feature_names"] == ["f1", "f2"]
+        assert loaded.best_iteration_ == ranker.best_iteration_
+
+    def test_deterministic(self, backend: str, objective: str, tmp_path: Path) -> None:
+        one, two = fitted(backend, objective), fitted(backend, objective)
+        one.save(tmp_path / "a")
+        two.save(tmp_path / "b")
+        suffix = backend_class(backend).model_suffix
+        a, b = (tmp_path / f"{s}{suffix}" for s in "ab")
+        assert a.read_bytes() == b.read_bytes()
+
+    def test_features_by_name(self, backend: str, objective: str) -> None:
+        ranker = fitted(backend, objective)
+        test = frame(2)
+        shuffled = test.select("f2", C.GRADE, "y", C.ITEM, "f1", C.USER)
+        np.testing.assert_array_equal(ranker.predict(shuffled), ranker.predict(test))
+        with pytest.raises(ValueError, match="missing"):
+            ranker.predict(test.drop("f2"))
+
+    def test_unsorted_groups_are_refused(self, backend: str, objective: str) -> None:
+        ranker = make_ranker(backend, backend_class(backend).objectives[objective], objective)
+        label = C.GRADE if ranker.kind == "rank" else "y"
+        shuffled = frame(0).sample(fraction=1.0, shuffle=True, seed=1)
+        with pytest.raises(ValueError, match="sorted by user"):
+            ranker.fit(shuffled, ["f1", "f2"], label)
+
+    def test_bad_labels_are_refused(self, backend: str, objective: str) -> None:
+        kind = backend_class(backend).objectives[objective]
+        ranker = make_ranker(backend, kind, objective, label_gain=GAINS, num_boost_round=3)
+        label = C.GRADE if kind == "rank" else "y"
+        good = frame(0)
+        nan = good.with_columns(
+            pl.when(pl.col(C.ITEM) == 3).then(float("nan")).otherwise(pl.col(label)).alias(label)
+        )
+        too_high = good.with_columns((pl.col(label) + 4).alias(label))
+        for bad, pattern in ((nan, "null, NaN or not integer"), (too_high, "outside")):
+            with pytest.raises(DataError, match=pattern) as info:
+                ranker.fit(bad, ["f1", "f2"], label)
+            assert info.value.column == label and info.value.exit_code == EXIT_DATA
+
+    def test_damaged_model_exits_65(self, backend: str, objective: str, tmp_path: Path) -> None:
+        model, sidecar = fitted(backend, objective).save(tmp_path / "m")
+        data = model.read_bytes()
+        model.write_bytes(data[: len(data) // 2])  # truncated
+        with pytest.raises(DamagedArtifactError, match="damaged") as info:
+            load_ranker(tmp_path / "m")
+        assert info.value.exit_code == EXIT_DATA and str(model) in str(info.value)
+        model.unlink()
+        with pytest.raises(Exception) as missing:
+            load_ranker(tmp_path / "m")
+        assert getattr(missing.value, "exit_code", None) == EXIT_NO_INPUT
+        sidecar.write_text("{not json")
+        with pytest.raises(DamagedArtifactError):
+            load_ranker(tmp_path / "m")
+
+
+def test_query_groups_from_sort() -> None:
+    groups = query_groups(pl.DataFrame({C.USER: [1, 1, 1, 4, 7, 7]}))
+    assert groups.sizes.tolist() == [3, 1, 2]
+    assert groups.qid.tolist() == [0, 0, 0, 1, 2, 2]
+    with pytest.raises(ValueError, match="sorted by user"):
+        query_groups(pl.DataFrame({C.USER: [2, 1]}))
+    with pytest.raises(ValueError, match="sorted by user"):
+        query_groups(pl.DataFrame({C.USER: [1, 2, 1]}))  # a user's rows not contiguous
+
+
+def test_check_labels_accepts_integral_floats_and_refuses_the_rest() -> None:
+    check_labels(pl.DataFrame({"g": [0.0, 2.0, 4.0]}), "g", "rank", 5)
+    check_labels(pl.DataFrame({"y": [0, 1, 1]}), "y", "binary", None)
+    for values, kind in (([0.5, 1.0], "rank"), ([0, 2], "binary"), ([-1, 0], "rank")):
+        with pytest.raises(DataError):
+            check_labels(pl.DataFrame({"g": values}), "g", kind, 5)
+    with pytest.raises(DataError, match="null"):
+        check_labels(pl.DataFrame({"g": [1, None]}, schema={"g": pl.Int8}), "g", "rank", 5)
+
+
+def test_cap_groups_keeps_the_best_ranked_rows() -> None:
+    """Over the cap, a user keeps its best rows by best source rank (ties by item code), as a
+    brute-force sort says; other users are untouched; "error" names the users."""
+    rng = np.random.default_rng(3)
+    sizes = {0: 4, 1: 9, 2: 2}
+    users = np.concatenate([[u] * n for u, n in sizes.items()]).astype(np.int32)
+    items = np.concatenate([rng.permutation(50)[:n] for n in sizes.values()]).astype(np.int32)
+    a = rng.integers(1, 6, users.size).astype(np.float64)
+    b = rng.integers(1, 6, users.size).astype(np.float64)
+    a[rng.random(users.size) < 0.3] = np.nan
+    rows = pl.DataFrame(
+        {C.USER: users, C.ITEM: items, "a_rank": a, "b_rank": b},
+    ).with_columns(pl.col("a_rank", "b_rank").fill_nan(None))
+    with pytest.warns(GbrankWarning, match="more than 5 candidate rows"):
+        capped = cap_groups(rows, max_rows=5)
+    expected = []
+    for user in sizes:
+        mine = [r for r in rows.iter_rows(named=True) if r[C.USER] == user]
+        best = [
+            (min(v for v in (r["a_rank"], r["b_rank"]) if v is not None), r[C.ITEM]) for r in mine
+        ]
+        expected += [(user, item) for _, item in sorted(best)[:5]]
+    assert sorted(capped.select(C.USER, C.ITEM).iter_rows()) == sorted(expected)
+    assert capped[C.USER].is_sorted()
+    with pytest.raises(DataError, match="more than 5") as info:
+        cap_groups(rows, max_rows=5, overflow="error")
+    assert info.value.values == [1]
+    assert cap_groups(rows, max_rows=9).equals(rows)
+
+
+def test_a_query_over_lightgbms_limit_is_capped_and_trains() -> None:
+    """LightGBM aborts the process on a query of more than 10,000 rows: the pipeline's guard
+    caps it first, and training goes through."""
+    n = MAX_GROUP_ROWS + 500
+    rng = np.random.default_rng(0)
+    big = pl.DataFrame(
+        {
+            C.USER: np.r_[np.zeros(n), np.ones(20)].astype(np.int32),
+            C.ITEM: np.r_[np.arange(n), np.arange(20)].astype(np.int32),
+            "f1": rng.normal(size=n + 20).astype(np.float32),
+            "als_rank": np.r_[np.arange(1, n + 1), np.arange(1, 21)].astype(np.int32),
+        }
+    ).with_columns((pl.col("f1") > 1).cast(pl.Int8).alias(C.GRADE))
+    with pytest.warns(GbrankWarning):
+        capped = cap_groups(big)
+    assert query_groups(capped).sizes.tolist() == [MAX_GROUP_ROWS, 20]
+    assert capped.filter(pl.col(C.USER) == 0)["als_rank"].max() == MAX_GROUP_ROWS
+    ranker = make_ranker("lightgbm", "rank", num_boost_round=3, label_gain=GAINS)
+    ranker.fit(capped, ["f1"], C.GRADE)
+    assert ranker.best_iteration_ == 3
