@@ -362,13 +362,16 @@ def train(config: ConfigOpt = None, set_: SetOpt = None, workspace: WorkspaceOpt
 @app.command("eval")
 @handle_errors
 def eval_(config: ConfigOpt = None, set_: SetOpt = None, workspace: WorkspaceOpt = None) -> None:
-    """Stage 4: metrics of the ranker and of each source on the eval fold; writes metrics.json."""
+    """Stage 4: metrics of every head, blend and source on the eval fold; writes metrics.json."""
     from gbrank import pipeline
 
     result = pipeline.evaluate(resolve_config(config, set_, workspace))
     for target in result.users:
         _echo(result.table(target))
         _echo(f"({result.users[target]:,} users with a {target} in the label window)\n")
+    heads = pipeline.format_head_table(result.metrics)
+    if heads:
+        _echo(heads + "\n")
     _echo(f"metrics: {result.run.file('metrics.json')}")
 
 

@@ -244,6 +244,14 @@ class TrainConfig:
     # 10,000): "cap" keeps the best-ranked rows with a warning, "error" refuses.
     max_group_rows: int = 10_000
     group_overflow: str = "cap"
+    # The models trained (docs/architecture.md, "Heads and blends"): "ranker" (the rank objective
+    # on graded labels), "ctr" (binary, click), "cvr" (binary, purchase), and per-target rankers
+    # "ranker_click", "ranker_cart", "ranker_purchase". Each head costs its own training and
+    # scoring time, so only "ranker" is on by default.
+    heads: list[str] = field(default_factory=lambda: ["ranker"])
+    # Rows the CVR head learns from: "clicked" (p(purchase | click), for the ctr_cvr blend) or
+    # "all" (p(purchase) directly).
+    cvr_rows: str = "clicked"
 
 
 @dataclass
@@ -272,6 +280,18 @@ class RunConfig:
 
 
 @dataclass
+class BlendConfig:
+    """Scores from several heads (rankers/blend.py)."""
+
+    # What recommend serves: a head of train.heads, "ctr_cvr" (p(click) * p(purchase | click),
+    # with the ctr and cvr heads) or a blend of `weights`.
+    serve: str = "ranker"
+    # Weighted blends, name = {head = weight}, e.g. otto = {ranker_click = 0.1, ranker_cart =
+    # 0.3, ranker_purchase = 0.6}; each head's scores are standardised within the user first.
+    weights: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
@@ -280,6 +300,7 @@ class Config:
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    blend: BlendConfig = field(default_factory=BlendConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -458,7 +479,44 @@ def validate(cfg: Config) -> Config:
     if not 1 <= cfg.train.max_group_rows <= 10_000:
         raise ConfigError("train.max_group_rows must be in 1..10000 (LightGBM's query limit)")
     check_ranker_params(cfg)
+    _check_heads(cfg)
     return cfg
+
+
+def _check_heads(cfg: Config) -> None:
+    from gbrank.rankers.blend import PRODUCT, blend_names
+    from gbrank.rankers.sampling import CVR_ROWS, HEADS
+
+    heads = cfg.train.heads
+    if not heads:
+        raise ConfigError('train.heads is empty: train at least one head, e.g. ["ranker"]')
+    for head in heads:
+        if head not in HEADS:
+            raise ConfigError(f"train.heads: unknown head '{head}'{_nearest(head, list(HEADS))}")
+    if len(set(heads)) != len(heads):
+        raise ConfigError(f"train.heads lists a head twice: {heads}")
+    if cfg.train.cvr_rows not in CVR_ROWS:
+        raise ConfigError(f"train.cvr_rows = '{cfg.train.cvr_rows}' is not one of {list(CVR_ROWS)}")
+    for name, weights in cfg.blend.weights.items():
+        if name in HEADS or name == PRODUCT or name in cfg.candidates.sources:
+            raise ConfigError(f"blend.weights.{name}: the name is taken by a head or a source")
+        if not weights:
+            raise ConfigError(f"blend.weights.{name} is empty: give {{head = weight}}")
+        for head, weight in weights.items():
+            if head not in heads:
+                raise ConfigError(
+                    f"blend.weights.{name}: head '{head}' is not trained; add it to train.heads "
+                    f"(now {heads})"
+                )
+            if not isinstance(weight, (int, float)) or isinstance(weight, bool):
+                raise ConfigError(f"blend.weights.{name}.{head} must be a number, got {weight!r}")
+    offered = [*heads, *blend_names(heads, cfg.blend.weights)]
+    if cfg.blend.serve not in offered:
+        hint = " (ctr_cvr needs the ctr and cvr heads)" if cfg.blend.serve == PRODUCT else ""
+        raise ConfigError(
+            f"blend.serve = '{cfg.blend.serve}' is not a trained head or a blend{hint}; "
+            f"one of {offered}"
+        )
 
 
 def check_ranker_params(cfg: Config) -> None:

@@ -539,3 +539,46 @@ def calibration_table(
             "count": count.astype(np.int64),
         }
     )
+
+
+# --------------------------------------------------------------------------- binary heads
+
+
+def binary_rows(model: str, target: str, probs: np.ndarray, labels: np.ndarray) -> list[dict]:
+    """Metrics rows of a binary head scored on rows with labels: AUC and log loss (``k``
+    null; AUC is NaN with a single class), then its calibration table (:func:`calibration_table`)
+    as rows ``calibration_count``, ``calibration_mean_pred`` and ``calibration_frac_pos`` with
+    ``k`` the 0-based bin (empty bins left out)."""
+    y = (np.asarray(labels) > 0).astype(np.float64)
+    p = np.asarray(probs, dtype=np.float64)
+    both = 0 < y.sum() < y.size
+    out = [
+        {
+            "model": model,
+            "target": target,
+            "metric": "auc",
+            "k": None,
+            "value": auc(y, p) if both else float("nan"),
+        },
+        {
+            "model": model,
+            "target": target,
+            "metric": "logloss",
+            "k": None,
+            "value": log_loss(y, p) if y.size else float("nan"),
+        },
+    ]
+    if not y.size:
+        return out
+    for row in calibration_table(y, p).filter(pl.col("count") > 0).iter_rows(named=True):
+        for name in ("count", "mean_pred", "frac_pos"):
+            out.append(
+                {
+                    "model": model,
+                    "target": target,
+                    "metric": f"calibration_{name}",
+                    "k": int(row["bin"]),
+                    "value": float(row[name]),
+                }
+            )
+    return out

@@ -49,14 +49,18 @@ from gbrank.executor import LocalExecutor, TableWriter
 from gbrank.features.builders import FeatureBuilder, feature_columns
 from gbrank.features.families.source import put_percentiles, sample_percentiles
 from gbrank.features.labels import attach_labels, build_labels, relevant_items
-from gbrank.metrics import candidate_report, metrics_rows, ranking_metrics
+from gbrank.metrics import binary_rows, candidate_report, metrics_rows, ranking_metrics
 from gbrank.rankers.base import Ranker, cap_groups
+from gbrank.rankers.blend import PRODUCT, blend_names, blend_scores, blend_weights
 from gbrank.rankers.lightgbm import compiler_available
 from gbrank.rankers.sampling import (
     EVAL_USERS_SALT,
     TRAIN_USERS_SALT,
+    Head,
     SampleSpec,
     hashed_subset,
+    head_rows,
+    head_spec,
     sample_keys,
 )
 from gbrank.rankers.sampling import validation_mask as _validation_mask
@@ -73,8 +77,6 @@ from gbrank.runs import (
 
 LABELLED_FOLDS = ("train", "eval")
 RANKER = "ranker"  # model name of the two-stage ranker in metrics tables
-EVAL_MODEL = "models/ranker_eval"  # fitted on the train fold, scored on the eval fold
-SERVE_MODEL = "models/ranker_serve"  # fitted on the eval fold, used by recommend
 
 # The config each stage reads ("section" or "section.key"); a stage's record keeps a hash of
 # these, so a later stage refuses artifacts made under another config. Input paths are left
@@ -91,7 +93,7 @@ STAGE_CONFIG: dict[str, tuple[str, ...]] = {
     ),
     "features": ("features", "events", "train.sample", "run.seed"),
     "train": ("train", "events", "eval.ks", "run.seed"),
-    "eval": ("eval",),
+    "eval": ("eval", "blend"),
 }
 INPUT_KEYS = ("events", "items", "users")  # data.<key>: paths, fingerprinted by content
 
@@ -725,18 +727,53 @@ def guarded_rows(rows: pl.DataFrame, cfg: Config) -> pl.DataFrame:
     return cap_groups(rows, cfg.train.max_group_rows, cfg.train.group_overflow)
 
 
+def model_stem(head: str, use: str) -> str:
+    """Where head ``head``'s model for ``use`` ("eval": fitted on the train fold, scored on the
+    eval fold; "serve": fitted on the eval fold, used by recommend) is saved."""
+    return f"models/{head}_{use}"
+
+
+def head_ranker(cfg: Config, head: Head, **overrides: Any) -> Ranker:
+    """An unfitted ranker for ``head``: graded gains for the graded ranker, 0/1 gains for the
+    per-target rankers, a binary objective for the CTR and CVR heads."""
+    if head.kind == "rank" and head.label != C.GRADE:
+        overrides.setdefault("label_gain", [0.0, 1.0])
+    return make_ranker(cfg, head.kind, **overrides)
+
+
+def configured_heads(cfg: Config) -> list[Head]:
+    return [head_spec(name, cfg.train.cvr_rows) for name in cfg.train.heads]
+
+
+def _head_rows(rows: pl.DataFrame, head: Head, fold: str) -> pl.DataFrame:
+    """A head's rows of a fold's training sample; a DataError when they hold no positive (or
+    nothing but positives) for it."""
+    part = head_rows(rows, head)
+    labels = part[head.label]
+    positive = int((labels > 0).sum())
+    if positive == 0 or (head.kind == "binary" and positive == part.height):
+        raise DataError(
+            f"head '{head.name}' has {positive} positive rows out of {part.height} in the "
+            f"{fold} fold's training sample: nothing to learn",
+            column=head.label,
+            fix=f"remove '{head.name}' from train.heads, or use more data",
+        )
+    return part
+
+
 @dataclass
 class TrainResult:
     run: Run
-    best_iteration: int
+    best_iteration: int  # of the first head
     train_rows: int
     valid_rows: int
-    importance: pl.DataFrame
+    importance: pl.DataFrame  # of the first head
+    heads: dict[str, int]  # each head's number of trees
 
 
 def train(cfg: Config) -> TrainResult:
-    """Stage 3: lambdarank on the train fold with early stopping on held-out users; then the
-    serving model, refit on the eval fold with the same number of trees."""
+    """Stage 3: each head of ``train.heads`` on the train fold with early stopping on held-out
+    users; then its serving model, refit on the eval fold with the same number of trees."""
     from gbrank.config import check_ranker_params
 
     t0 = time.perf_counter()
@@ -750,41 +787,62 @@ def train(cfg: Config) -> TrainResult:
     rows = guarded_rows(rows, cfg)
     in_valid = pl.Series(validation_mask(rows[C.USER].to_numpy(), cfg))
     train_part, valid_part = rows.filter(~in_valid), rows.filter(in_valid)
+    del rows
     if valid_part.is_empty() and cfg.train.early_stopping_rounds > 0:
         warn(
-            f"the train fold has only {rows[C.USER].n_unique()} users with a labelled candidate, "
-            f"too few to hold any out: no early stopping, {cfg.train.num_boost_round} rounds. "
-            "Fix: more data, a longer folds.horizon_days, or train.early_stopping_rounds = 0"
+            f"the train fold has only {train_part[C.USER].n_unique()} users with a labelled "
+            f"candidate, too few to hold any out: no early stopping, "
+            f"{cfg.train.num_boost_round} rounds. Fix: more data, a longer folds.horizon_days, "
+            "or train.early_stopping_rounds = 0"
         )
-    ranker = make_ranker(cfg).fit(train_part, features, C.GRADE, valid=valid_part)
-    del rows
+    heads = configured_heads(cfg)
+    evaluated: dict[str, Ranker] = {}
+    for head in heads:
+        evaluated[head.name] = head_ranker(cfg, head).fit(
+            _head_rows(train_part, head, "train"),
+            features,
+            head.label,
+            valid=head_rows(valid_part, head),
+        )
+    n_train, n_valid = train_part.height, valid_part.height
+    del train_part, valid_part
     serve_rows = guarded_rows(_read_sample(verified.path("features/eval.parquet"), cfg), cfg)
     check_training_rows(serve_rows, "eval")
-    serve = make_ranker(cfg, num_boost_round=ranker.best_iteration_, early_stopping_rounds=0)
-    serve.fit(serve_rows, features, C.GRADE)
+    served: dict[str, Ranker] = {}
+    for head in heads:
+        trees = evaluated[head.name].best_iteration_
+        served[head.name] = head_ranker(
+            cfg, head, num_boost_round=trees, early_stopping_rounds=0
+        ).fit(_head_rows(serve_rows, head, "eval"), features, head.label)
     run.begin_stage("train")
-    ranker.save(run.file(EVAL_MODEL))
-    serve.save(run.file(SERVE_MODEL))
-    _drop_other_models(cfg, run, (EVAL_MODEL, SERVE_MODEL))
+    stems = []
+    importance = {}
+    for head in heads:
+        stems += [model_stem(head.name, "eval"), model_stem(head.name, "serve")]
+        evaluated[head.name].save(run.file(stems[-2]))
+        served[head.name].save(run.file(stems[-1]))
+        importance[head.name] = evaluated[head.name].feature_importance().to_dicts()
+    atomic_write_json(importance, run.file("models/importance.json"))
+    outputs = [f for stem in stems for f in model_files(cfg, stem)] + ["models/importance.json"]
+    _drop_other_models(run, set(outputs))
+    first = evaluated[heads[0].name]
+    n_trees = {name: ranker.best_iteration_ for name, ranker in evaluated.items()}
     run.record_stage(
         "train",
         time.perf_counter() - t0,
-        best_iteration=ranker.best_iteration_,
-        train_rows=train_part.height,
-        valid_rows=valid_part.height,
+        best_iteration=first.best_iteration_,
+        heads=n_trees,
+        train_rows=n_train,
+        valid_rows=n_valid,
     )
     run.finish_stage(
         "train",
         config_hash=stage_config_hash(cfg, "train"),
         inputs=verified.hashes(),
-        outputs=[f for stem in (EVAL_MODEL, SERVE_MODEL) for f in model_files(cfg, stem)],
+        outputs=outputs,
     )
     return TrainResult(
-        run,
-        ranker.best_iteration_,
-        train_part.height,
-        valid_part.height,
-        ranker.feature_importance(),
+        run, first.best_iteration_, n_train, n_valid, first.feature_importance(), n_trees
     )
 
 
@@ -833,6 +891,18 @@ def format_table(
     return "\n".join(lines)
 
 
+def format_head_table(metrics: pl.DataFrame) -> str:
+    """AUC and log loss of each binary head on the rows it learns from ("" without one)."""
+    sub = metrics.filter(pl.col("metric").is_in(["auc", "logloss"]))
+    if sub.is_empty():
+        return ""
+    lines = ["binary heads        target        auc    logloss", "-" * 48]
+    for (model, target), rows in sub.group_by("model", "target", maintain_order=True):
+        values = dict(zip(rows["metric"], rows["value"], strict=True))
+        lines.append(f"{model:<18}  {target:<10}{values['auc']:>8.4f}{values['logloss']:>11.4f}")
+    return "\n".join(lines)
+
+
 def format_recall_table(recall: pl.DataFrame) -> str:
     """The candidate report as text: per fold, each source's candidates per user and, per
     target, its recall, unique recall (lost without it) and positive rate."""
@@ -858,27 +928,58 @@ def format_recall_table(recall: pl.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def load_heads(cfg: Config, verified: Verified, use: str) -> dict[str, Ranker]:
+    """Every head's model for ``use`` ("eval" or "serve"), as the train stage saved it."""
+    return {name: _load_ranker(verified, model_stem(name, use)) for name in cfg.train.heads}
+
+
+def blend_columns(
+    cfg: Config, frame: pl.DataFrame, scores: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Each blend's scores of ``frame``'s rows (whole users), from the heads' ``scores``."""
+    users = frame[C.USER].to_numpy()
+    return {
+        name: blend_scores(scores, users, blend_weights(name, cfg.blend.weights))
+        for name in blend_names(cfg.train.heads, cfg.blend.weights)
+    }
+
+
 def evaluate(cfg: Config) -> EvalResult:
-    """Stage 4: score the eval fold with the train-fold ranker; compare with every source."""
+    """Stage 4: score the eval fold with every head's train-fold model and every blend;
+    compare them with every source. Binary heads also get AUC, log loss and calibration."""
     t0 = time.perf_counter()
     run, verified = verify_run(cfg, "eval")
     features_path = verified.path("features/eval.parquet")
     labels = _read_parquet(verified, "labels/eval.parquet")
-    ranker = _load_ranker(verified, EVAL_MODEL)
+    heads = load_heads(cfg, verified, "eval")
     import pyarrow.parquet as pq
 
-    predictor = prepare_scoring(ranker, cfg, pq.ParquetFile(features_path).metadata.num_rows)
+    n_rows = pq.ParquetFile(features_path).metadata.num_rows
+    predictors = {name: prepare_scoring(r, cfg, n_rows) for name, r in heads.items()}
     k_max = max(cfg.eval.ks)
     rank_cols = [C.rank_col(s) for s in cfg.candidates.sources]
-    parts: dict[str, list[pl.DataFrame]] = {RANKER: [], **{s: [] for s in cfg.candidates.sources}}
+    scored_models = [*heads, *blend_names(cfg.train.heads, cfg.blend.weights)]
+    parts: dict[str, list[pl.DataFrame]] = {
+        m: [] for m in [*scored_models, *cfg.candidates.sources]
+    }
+    specs = {head.name: head for head in configured_heads(cfg)}
+    binary = {name: head for name, head in specs.items() if head.kind == "binary"}
+    probs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {name: [] for name in binary}
 
     def lists_of(frame: pl.DataFrame) -> dict[str, pl.DataFrame]:
         """Each model's top-K lists of one batch of whole users: top-K sorts only the keys and
         the scores, never the wide feature frame."""
+        scores = {name: ranker.predict(frame) for name, ranker in heads.items()}
+        for name, head in binary.items():  # scored on the rows the head learns from
+            mask = np.ones(frame.height, dtype=bool)
+            if head.rows == "clicked":
+                mask = frame[C.label_col("click")].to_numpy() == 1
+            probs[name].append((scores[name][mask], frame[head.label].to_numpy()[mask]))
+        scores.update(blend_columns(cfg, frame, scores))
         scored = frame.select(C.USER, C.ITEM, *rank_cols).with_columns(
-            pl.Series("_ranker", ranker.predict(frame))
+            pl.Series(f"_{name}", scores[name]) for name in scored_models
         )
-        out = {RANKER: top_k(scored, "_ranker", k_max)}
+        out = {name: top_k(scored, f"_{name}", k_max) for name in scored_models}
         for source, col in zip(cfg.candidates.sources, rank_cols, strict=True):
             out[source] = top_k(scored, col, k_max, descending=False)
         return out
@@ -897,10 +998,17 @@ def evaluate(cfg: Config) -> EvalResult:
             report = ranking_metrics(recs, relevant, ks=cfg.eval.ks)
             rows.extend(metrics_rows(report, model, target))
             users[target] = report.n_users
+    for name, head in binary.items():
+        p = np.concatenate([a for a, _ in probs[name]]) if probs[name] else np.zeros(0)
+        y = np.concatenate([b for _, b in probs[name]]) if probs[name] else np.zeros(0)
+        rows.extend(binary_rows(name, head.target, p, y))
     metrics = pl.DataFrame(rows)
     run.begin_stage("eval")
     atomic_write_json(rows, run.file("metrics.json"))
-    run.record_stage("eval", time.perf_counter() - t0, users=users, predictor=predictor)
+    predictor = predictors[cfg.train.heads[0]]
+    run.record_stage(
+        "eval", time.perf_counter() - t0, users=users, predictor=predictor, predictors=predictors
+    )
     run.finish_stage(
         "eval",
         config_hash=stage_config_hash(cfg, "eval"),
@@ -982,14 +1090,13 @@ def model_files(cfg: Config, stem: str) -> list[str]:
     return [stem + rankers.backend_class(cfg.train.backend).model_suffix, f"{stem}.json"]
 
 
-def _drop_other_models(cfg: Config, run: Run, stems: tuple[str, ...]) -> None:
-    """Remove model files of these stems that another backend left (a run folder trained
-    again with another ``train.backend``), so no stale model sits beside the current one."""
-    for stem in stems:
-        keep = {Path(f).name for f in model_files(cfg, stem)}
-        for path in run.file(stem).parent.glob(Path(stem).name + ".*"):
-            if path.name not in keep and not path.name.startswith("."):
-                path.unlink()
+def _drop_other_models(run: Run, keep: set[str]) -> None:
+    """Remove the model files in ``models/`` that this training did not write (another
+    backend's, or a head no longer trained), so no stale model sits beside the current ones."""
+    folder = run.file("models")
+    for path in folder.iterdir() if folder.exists() else ():
+        if path.suffix in (".txt", ".ubj", ".json") and f"models/{path.name}" not in keep:
+            path.unlink()
 
 
 def _load_ranker(verified: Verified, stem: str) -> Ranker:
@@ -1061,7 +1168,15 @@ class Recommender:
         _, verified = verify_run(cfg, "eval")  # every stage up to train
         self.cfg, self.k = cfg, k
         self.data = data = _load_run_data(verified)
-        self.ranker = _load_ranker(verified, SERVE_MODEL)
+        # The heads that blend.serve needs: itself, or the heads of its blend.
+        serve = cfg.blend.serve
+        if serve in cfg.train.heads:
+            needed = [serve]
+        elif serve == PRODUCT:
+            needed = ["ctr", "cvr"]
+        else:
+            needed = list(cfg.blend.weights[serve])
+        self.heads = {name: _load_ranker(verified, model_stem(name, "serve")) for name in needed}
         self.budgets: dict[str, int] = _read_json(verified, "candidates/budgets.json")
         load = fold_source_loader(verified, "inference")
         loaded = {name: load(name) for name in cfg.candidates.sources}
@@ -1077,7 +1192,11 @@ class Recommender:
         per_user = sum(self.budgets.values())
         if cfg.candidates.max_per_user > 0:
             per_user = min(per_user, cfg.candidates.max_per_user)
-        self.predictor = prepare_scoring(self.ranker, cfg, len(self.known) * per_user)
+        predictors = {
+            name: prepare_scoring(ranker, cfg, len(self.known) * per_user)
+            for name, ranker in self.heads.items()
+        }
+        self.predictor = predictors[needed[0]]
         fold = data.folds["inference"]
         hist = history(data.events, fold)
         popularity = build_source("popularity", "popularity", {"filter_seen": False}).fit(
@@ -1123,13 +1242,22 @@ class Recommender:
         for shard in split_shards(cands, n_shards):
             feats = self.builder.build(shard)
             scored = feats.select(C.USER, C.ITEM).with_columns(
-                pl.Series(C.SCORE, self.ranker.predict(feats), dtype=pl.Float64)
+                pl.Series(C.SCORE, self.score(feats), dtype=pl.Float64)
             )
             del feats
             lists.append(top_k(scored, C.SCORE, self.k))
         del cands
         scored = _concat_lists(lists).select(C.USER, C.ITEM, C.SCORE)
         return self._raw(_fill_to_k(scored, batch, self.pop_list, self.k))
+
+    def score(self, feats: pl.DataFrame) -> np.ndarray:
+        """The served score (``blend.serve``) of feature rows holding whole users."""
+        scores = {name: ranker.predict(feats) for name, ranker in self.heads.items()}
+        serve = self.cfg.blend.serve
+        if serve in scores:
+            return scores[serve]
+        weights = blend_weights(serve, self.cfg.blend.weights)
+        return blend_scores(scores, feats[C.USER].to_numpy(), weights)
 
     def batches(self, executor: LocalExecutor | None = None) -> Iterator[pl.DataFrame]:
         """Frames of ``user_id, item_id, score, rank`` (raw ids), known users first."""

@@ -232,3 +232,56 @@ def test_a_query_over_lightgbms_limit_is_capped_and_trains() -> None:
     ranker = make_ranker("lightgbm", "rank", num_boost_round=3, label_gain=GAINS)
     ranker.fit(capped, ["f1"], C.GRADE)
     assert ranker.best_iteration_ == 3
+
+
+def test_blend_scores_against_a_per_user_loop() -> None:
+    """Weighted blends standardise each head within each user (brute force per user); the
+    product blend multiplies the CTR and CVR probabilities."""
+    from gbrank.rankers.blend import blend_names, blend_scores
+
+    rng = np.random.default_rng(4)
+    users = np.sort(rng.integers(0, 40, 500))
+    scores = {
+        "ranker": rng.normal(size=500) * 5 + 3,
+        "ctr": rng.random(500),
+        "cvr": rng.random(500),
+    }
+    scores["ranker"][users == users[0]] = 1.5  # a user whose scores all tie
+    weights = {"ranker": 0.6, "ctr": 0.3, "cvr": 0.1}
+    got = blend_scores(scores, users, weights)
+    expected = np.zeros(500)
+    for user in np.unique(users):
+        rows = users == user
+        for head, weight in weights.items():
+            values = scores[head][rows]
+            sd = values.std()
+            expected[rows] += weight * ((values - values.mean()) / sd if sd > 0 else 0.0)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(blend_scores(scores, users, None), scores["ctr"] * scores["cvr"])
+    assert blend_names(["ranker", "ctr", "cvr"], {"w": weights}) == ["ctr_cvr", "w"]
+    assert blend_names(["ranker", "ctr"], {}) == []
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (['train.heads=["rankr"]'], "did you mean 'ranker'"),
+        (["train.heads=[]"], "empty"),
+        (['blend.serve="ctr_cvr"'], "needs the ctr and cvr heads"),
+        (["blend.weights.w={ctr = 1.0}"], "head 'ctr' is not trained"),
+        (['train.heads=["ranker", "ctr"]', "blend.weights.ctr={ranker = 1.0}"], "taken"),
+        (['train.cvr_rows="some"'], "cvr_rows"),
+        (['train.backend="xgboost"', 'train.objective="lambdarank"'], "not a xgboost rank"),
+        (['train.backend="xgboost"', "train.xgboost_params.max_dept=3"], "unknown XGBoost"),
+        (["train.max_group_rows=20000"], "max_group_rows"),
+        (['train.group_overflow="drop"'], "group_overflow"),
+    ],
+)
+def test_bad_head_blend_and_backend_settings_are_config_errors(
+    overrides: list[str], message: str
+) -> None:
+    from gbrank.config import load_config
+    from gbrank.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)

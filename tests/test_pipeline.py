@@ -55,12 +55,12 @@ def done(shop: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Config, 
     return cfg, results
 
 
-def metric(metrics: pl.DataFrame, model: str, target: str, name: str, k: int) -> float:
+def metric(metrics: pl.DataFrame, model: str, target: str, name: str, k: int | None) -> float:
     row = metrics.filter(
         (pl.col("model") == model)
         & (pl.col("target") == target)
         & (pl.col("metric") == name)
-        & (pl.col("k") == k)
+        & (pl.col("k").is_null() if k is None else pl.col("k") == k)
     )
     assert row.height == 1
     return float(row["value"][0])
@@ -216,6 +216,7 @@ def test_xgboost_backend_trains_evaluates_and_recommends(
     trained = pipeline.train(xgb_cfg)
     models = trained.run.file("models")
     assert sorted(p.name for p in models.iterdir()) == [
+        "importance.json",
         "ranker_eval.json",
         "ranker_eval.ubj",
         "ranker_serve.json",
@@ -235,6 +236,103 @@ def test_xgboost_backend_trains_evaluates_and_recommends(
     lleaves = load_config(None, [*overrides, 'eval.predictor="lleaves"'])
     with pytest.raises(ConfigError, match="LightGBM models only"):
         pipeline.evaluate(lleaves)
+
+
+HEADS = ["ranker", "ctr", "cvr", "ranker_purchase"]
+
+
+def heads_config(shop: Path, workspace: Path, run_id: str, *extra: str) -> Config:
+    return load_config(
+        None,
+        [
+            f'data.events="{shop / "events.parquet"}"',
+            f'data.items="{shop / "items.parquet"}"',
+            f'run.workspace="{workspace}"',
+            f'run.run_id="{run_id}"',
+            "candidates.sources.als.iterations=8",
+            f"train.heads={json.dumps(HEADS)}",
+            "blend.weights.mix={ranker = 0.5, ctr = 0.25, cvr = 0.25}",
+            "blend.weights.alone={ranker = 2.0}",
+            *extra,
+        ],
+    )
+
+
+@pytest.fixture(scope="module")
+def heads_run(
+    done: tuple[Config, dict], shop: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Config, pipeline.TrainResult, pipeline.EvalResult]:
+    """The CTR, CVR and a per-target head beside the ranker, on ``done``'s features."""
+    import shutil
+
+    _, results = done
+    run = results["generate"].run
+    workspace = tmp_path_factory.mktemp("heads")
+    shutil.copytree(run.file(), workspace / "runs" / run.id)
+    cfg = heads_config(shop, workspace, run.id)
+    return cfg, pipeline.train(cfg), pipeline.evaluate(cfg)
+
+
+def test_every_head_and_blend_is_evaluated(
+    heads_run: tuple[Config, pipeline.TrainResult, pipeline.EvalResult],
+) -> None:
+    """The eval table lists every head and blend beside the sources; the binary heads have AUC,
+    log loss and a calibration table over exactly the rows they learn from."""
+    cfg, trained, result = heads_run
+    metrics = result.metrics
+    models = set(metrics["model"])
+    assert models == {*HEADS, "ctr_cvr", "mix", "alone", *cfg.candidates.sources}
+    for model in [*HEADS, "ctr_cvr", "mix"]:
+        for target in ("click", "purchase"):
+            best_source = max(
+                metric(metrics, s, target, "ndcg", 10) for s in cfg.candidates.sources
+            )
+            value = metric(metrics, model, target, "ndcg", 10)
+            if model in ("ranker", "ctr", "mix") or (model != "cvr" and target == "purchase"):
+                assert value > 0.9 * best_source, (model, target, value, best_source)
+    # A blend of one head orders each user's candidates exactly as that head does.
+    for target in ("click", "purchase"):
+        for name in ("ndcg", "recall"):
+            assert metric(metrics, "alone", target, name, 10) == metric(
+                metrics, "ranker", target, name, 10
+            )
+    features = pl.read_parquet(trained.run.file("features/eval.parquet"))
+    clicked = int(features[C.label_col("click")].sum())
+    for head, target, rows in (("ctr", "click", features.height), ("cvr", "purchase", clicked)):
+        auc = metric(metrics, head, target, "auc", None)
+        assert 0.6 < auc <= 1.0
+        assert metric(metrics, head, target, "logloss", None) > 0
+        counts = metrics.filter(
+            (pl.col("model") == head) & (pl.col("metric") == "calibration_count")
+        )["value"]
+        assert counts.sum() == rows
+    # The CVR head learns from the clicked rows of the training sample.
+    sidecar = json.loads(trained.run.file("models/cvr_eval.json").read_text())
+    train_rows = pl.read_parquet(trained.run.file("features/train.parquet"))
+    in_valid = pl.Series(pipeline.validation_mask(train_rows[C.USER].to_numpy(), cfg))
+    learned = train_rows.filter(~in_valid & (pl.col(C.label_col("click")) == 1)).height
+    assert sidecar["data_fingerprint"].startswith(f"{learned}x")
+    assert set(trained.heads) == set(HEADS)
+    importance = json.loads(trained.run.file("models/importance.json").read_text())
+    assert set(importance) == set(HEADS)
+
+
+@pytest.mark.parametrize("serve", ["ranker", "ctr", "ctr_cvr", "mix", "alone"])
+def test_recommend_serves_each_blend(
+    heads_run: tuple[Config, pipeline.TrainResult, pipeline.EvalResult], serve: str
+) -> None:
+    cfg, _, _ = heads_run
+    served = heads_config(
+        Path(cfg.data.events).parent,
+        Path(cfg.run.workspace),
+        cfg.run.run_id,
+        f'blend.serve="{serve}"',
+    )
+    recs = pipeline.recommend(served, k=5).recs
+    assert recs.height > 0 and recs.group_by("user_id").len()["len"].eq(5).all()
+    ranker = pipeline.recommend(cfg, k=5).recs  # blend.serve = "ranker"
+    same = recs.select("user_id", "item_id").equals(ranker.select("user_id", "item_id"))
+    assert same == (serve in ("ranker", "alone"))
 
 
 def test_recommend_k_distinct_items_with_raw_ids(

@@ -127,3 +127,55 @@ def validation_mask(users: np.ndarray, fraction: float, seed: int) -> np.ndarray
     if not mask.any() and np.unique(users).size >= 5:
         mask = users == users[np.argmin(unit)]
     return mask
+
+
+# --------------------------------------------------------------------------- heads
+
+
+@dataclass(frozen=True)
+class Head:
+    """One model trained by ``gbrank train``: its kind ("rank" or "binary"), the label column
+    it learns from, the target it is scored against, and which of the training sample's rows
+    it learns from."""
+
+    name: str
+    kind: str
+    label: str
+    target: str
+    rows: str = "all"  # "all", "clicked" (rows with a click), "positive_users" (users with one)
+
+
+def _heads() -> dict[str, Head]:
+    out = {
+        "ranker": Head("ranker", "rank", C.GRADE, "purchase"),
+        "ctr": Head("ctr", "binary", C.label_col("click"), "click"),
+        "cvr": Head("cvr", "binary", C.label_col("purchase"), "purchase", rows="clicked"),
+    }
+    for target in C.TARGETS:  # per-target rankers, Kaggle style
+        name = f"ranker_{target}"
+        out[name] = Head(name, "rank", C.label_col(target), target, rows="positive_users")
+    return out
+
+
+#: Every head ``train.heads`` may name.
+HEADS = _heads()
+CVR_ROWS = ("clicked", "all")
+
+
+def head_spec(name: str, cvr_rows: str = "clicked") -> Head:
+    """The head ``name``; the CVR head learns from clicked rows (``p(purchase | click)``) or
+    from every row (``p(purchase)``) by ``cvr_rows``."""
+    head = HEADS[name]
+    if name == "cvr":
+        head = Head(head.name, head.kind, head.label, head.target, rows=cvr_rows)
+    return head
+
+
+def head_rows(frame: pl.DataFrame, head: Head) -> pl.DataFrame:
+    """The rows of a training sample ``head`` learns from (the sample is drawn once, on the
+    graded labels, and every head keeps its order: sorted by user)."""
+    if head.rows == "clicked":
+        return frame.filter(pl.col(C.label_col("click")) == 1)
+    if head.rows == "positive_users":
+        return frame.filter((pl.col(head.label) == 1).any().over(C.USER))
+    return frame
