@@ -347,15 +347,13 @@ def features(
 @app.command()
 @handle_errors
 def train(config: ConfigOpt = None, set_: SetOpt = None, workspace: WorkspaceOpt = None) -> None:
-    """Stage 3: fit the lambdarank ranker (train fold) and the serving ranker (eval fold)."""
+    """Stage 3: fit each head of train.heads (train fold) and its serving model (eval fold)."""
     from gbrank import pipeline
 
     result = pipeline.train(resolve_config(config, set_, workspace))
     _echo(f"run {result.run.path}")
-    _echo(
-        f"best iteration {result.best_iteration}; rows train {result.train_rows:,}, "
-        f"valid {result.valid_rows:,}"
-    )
+    _echo(f"rows train {result.train_rows:,}, valid {result.valid_rows:,}")
+    _echo("trees per head: " + ", ".join(f"{h} {n}" for h, n in result.heads.items()))
     _echo("top features by gain: " + ", ".join(result.importance["feature"].head(8).to_list()))
 
 
