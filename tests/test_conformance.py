@@ -285,3 +285,42 @@ def test_bad_head_blend_and_backend_settings_are_config_errors(
 
     with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_early_stopping_is_on_the_first_ndcg_cutoff(backend: str) -> None:
+    """The best iteration is the first maximum of NDCG at the first eval_at cutoff on the
+    validation users (not of NDCG@20 nor of the training loss), as a plain fit records it."""
+    import lightgbm as lgb
+    import xgboost as xgb
+
+    train, valid = frame(0, users=300), frame(1, users=100)
+    ranker = make_ranker(
+        backend,
+        "rank",
+        num_boost_round=60,
+        early_stopping_rounds=60,
+        label_gain=GAINS,
+        eval_at=(3, 20),
+        params={"learning_rate": 0.3},
+    )
+    ranker.fit(train, ["f1", "f2"], C.GRADE, valid=valid)
+    if backend == "lightgbm":
+        record: dict = {}
+        params = ranker._lgb_params()  # type: ignore[attr-defined]
+        dtrain = ranker._dataset(train)  # type: ignore[attr-defined]
+        dvalid = ranker._dataset(valid, reference=dtrain)  # type: ignore[attr-defined]
+        lgb.train(
+            params, dtrain, 60, valid_sets=[dvalid], callbacks=[lgb.record_evaluation(record)]
+        )
+        curve = record["valid_0"]["ndcg@3"]
+    else:
+        record = {}
+        params = ranker._xgb_params()  # type: ignore[attr-defined]
+        dtrain = ranker._matrix(train)  # type: ignore[attr-defined]
+        dvalid = ranker._matrix(valid, ref=dtrain)  # type: ignore[attr-defined]
+        xgb.train(
+            params, dtrain, 60, evals=[(dvalid, "v")], evals_result=record, verbose_eval=False
+        )
+        curve = record["v"]["ndcg@3"]
+    assert ranker.best_iteration_ == int(np.argmax(curve)) + 1

@@ -319,7 +319,9 @@ def test_every_head_and_blend_is_evaluated(
 
 @pytest.mark.parametrize("serve", ["ranker", "ctr", "ctr_cvr", "mix", "alone"])
 def test_recommend_serves_each_blend(
-    heads_run: tuple[Config, pipeline.TrainResult, pipeline.EvalResult], serve: str
+    heads_run: tuple[Config, pipeline.TrainResult, pipeline.EvalResult],
+    serve: str,
+    tmp_path: Path,
 ) -> None:
     cfg, _, _ = heads_run
     served = heads_config(
@@ -333,6 +335,16 @@ def test_recommend_serves_each_blend(
     ranker = pipeline.recommend(cfg, k=5).recs  # blend.serve = "ranker"
     same = recs.select("user_id", "item_id").equals(ranker.select("user_id", "item_id"))
     assert same == (serve in ("ranker", "alone"))
+    # The CLI writes the same lists.
+    config = tmp_path / "gbrank.toml"
+    config.write_text(dump_toml(served))
+    out = tmp_path / "recs.csv"
+    result = CliRunner().invoke(
+        app, ["recommend", "--config", str(config), "--k", "5", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    written = pl.read_csv(out, schema_overrides={"user_id": recs["user_id"].dtype})
+    assert written.select("user_id", "item_id").equals(recs.select("user_id", "item_id"))
 
 
 def test_recommend_k_distinct_items_with_raw_ids(
