@@ -61,6 +61,7 @@ from gbrank.rankers.sampling import (
     hashed_subset,
     head_rows,
     head_spec,
+    learnable_rows,
     sample_keys,
 )
 from gbrank.rankers.sampling import validation_mask as _validation_mask
@@ -736,29 +737,12 @@ def model_stem(head: str, use: str) -> str:
 def head_ranker(cfg: Config, head: Head, **overrides: Any) -> Ranker:
     """An unfitted ranker for ``head``: graded gains for the graded ranker, 0/1 gains for the
     per-target rankers, a binary objective for the CTR and CVR heads."""
-    if head.kind == "rank" and head.label != C.GRADE:
-        overrides.setdefault("label_gain", [0.0, 1.0])
-    return make_ranker(cfg, head.kind, **overrides)
+    gains = head.label_gain([0.0, *cfg.events.gain_list()])
+    return make_ranker(cfg, head.kind, **{"label_gain": gains, **overrides})
 
 
 def configured_heads(cfg: Config) -> list[Head]:
     return [head_spec(name, cfg.train.cvr_rows) for name in cfg.train.heads]
-
-
-def _head_rows(rows: pl.DataFrame, head: Head, fold: str) -> pl.DataFrame:
-    """A head's rows of a fold's training sample; a DataError when they hold no positive (or
-    nothing but positives) for it."""
-    part = head_rows(rows, head)
-    labels = part[head.label]
-    positive = int((labels > 0).sum())
-    if positive == 0 or (head.kind == "binary" and positive == part.height):
-        raise DataError(
-            f"head '{head.name}' has {positive} positive rows out of {part.height} in the "
-            f"{fold} fold's training sample: nothing to learn",
-            column=head.label,
-            fix=f"remove '{head.name}' from train.heads, or use more data",
-        )
-    return part
 
 
 @dataclass
@@ -799,7 +783,7 @@ def train(cfg: Config) -> TrainResult:
     evaluated: dict[str, Ranker] = {}
     for head in heads:
         evaluated[head.name] = head_ranker(cfg, head).fit(
-            _head_rows(train_part, head, "train"),
+            learnable_rows(train_part, head, "train"),
             features,
             head.label,
             valid=head_rows(valid_part, head),
@@ -813,7 +797,7 @@ def train(cfg: Config) -> TrainResult:
         trees = evaluated[head.name].best_iteration_
         served[head.name] = head_ranker(
             cfg, head, num_boost_round=trees, early_stopping_rounds=0
-        ).fit(_head_rows(serve_rows, head, "eval"), features, head.label)
+        ).fit(learnable_rows(serve_rows, head, "eval"), features, head.label)
     run.begin_stage("train")
     stems = []
     importance = {}

@@ -324,3 +324,27 @@ def test_early_stopping_is_on_the_first_ndcg_cutoff(backend: str) -> None:
         )
         curve = record["v"]["ndcg@3"]
     assert ranker.best_iteration_ == int(np.argmax(curve)) + 1
+
+
+def test_heads_learn_from_their_rows_and_refuse_an_empty_target() -> None:
+    from gbrank.rankers.sampling import head_spec, learnable_rows
+
+    rows = pl.DataFrame(
+        {
+            C.USER: [0, 0, 1, 1, 2],
+            C.ITEM: [1, 2, 1, 3, 4],
+            C.label_col("click"): [1, 0, 1, 1, 0],
+            C.label_col("purchase"): [1, 0, 0, 0, 0],
+        }
+    )
+    assert learnable_rows(rows, head_spec("cvr", "clicked"), "train").height == 3
+    assert learnable_rows(rows, head_spec("cvr", "all"), "train").height == 5
+    per_target = learnable_rows(rows, head_spec("ranker_purchase"), "train")
+    assert per_target[C.USER].to_list() == [0, 0]  # users with a purchase only
+    assert head_spec("ranker_purchase").label_gain([0, 1, 2, 6, 16]) == [0.0, 1.0]
+    assert head_spec("ranker").label_gain([0, 1, 2, 6, 16]) == [0, 1, 2, 6, 16]
+    assert head_spec("ctr").label_gain([0, 1]) is None
+    no_purchase = rows.with_columns(pl.lit(0).alias(C.label_col("purchase")))
+    with pytest.raises(DataError, match="head 'cvr' has 0 positive rows") as info:
+        learnable_rows(no_purchase, head_spec("cvr"), "eval")
+    assert "train.heads" in str(info.value)

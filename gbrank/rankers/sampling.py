@@ -25,6 +25,7 @@ import numpy as np
 import polars as pl
 
 from gbrank import columns as C
+from gbrank.errors import DataError
 
 NO_RANK = 1 << 30  # a row no source ranked: never a hard negative
 
@@ -144,6 +145,13 @@ class Head:
     target: str
     rows: str = "all"  # "all", "clicked" (rows with a click), "positive_users" (users with one)
 
+    def label_gain(self, graded: Sequence[float]) -> list[float] | None:
+        """The gains of its labels: ``graded`` for the graded ranker, 0 and 1 for a per-target
+        ranker's 0/1 labels, none for a binary head."""
+        if self.kind == "binary":
+            return None
+        return list(graded) if self.label == C.GRADE else [0.0, 1.0]
+
 
 def _heads() -> dict[str, Head]:
     out = {
@@ -179,3 +187,18 @@ def head_rows(frame: pl.DataFrame, head: Head) -> pl.DataFrame:
     if head.rows == "positive_users":
         return frame.filter((pl.col(head.label) == 1).any().over(C.USER))
     return frame
+
+
+def learnable_rows(frame: pl.DataFrame, head: Head, fold: str) -> pl.DataFrame:
+    """:func:`head_rows` of a fold's training sample; a DataError when they hold no positive
+    for the head (or, for a binary head, nothing but positives)."""
+    part = head_rows(frame, head)
+    positive = int((part[head.label] > 0).sum())
+    if positive == 0 or (head.kind == "binary" and positive == part.height):
+        raise DataError(
+            f"head '{head.name}' has {positive} positive rows out of {part.height} in the "
+            f"{fold} fold's training sample: nothing to learn",
+            column=head.label,
+            fix=f"remove '{head.name}' from train.heads, or use more data",
+        )
+    return part
