@@ -231,6 +231,40 @@ class TestCoVisitationKnownAnswers:
         all_three = covisit(filter_seen=True).generate([0, 3], k=10)
         assert items_of(all_three, 3) == [3, 2]  # from 0's neighbours: 3 (8), 2 (4)
 
+    @pytest.mark.parametrize("seed", range(3))
+    def test_profiles_against_brute_force(self, seed: int) -> None:
+        """Each user's profile: their last ``recent_items`` distinct items with a source event
+        (latest first, ties in time to the smaller item), each weighted by its best event."""
+        rng = np.random.default_rng(40 + seed)
+        n = 400
+        history = pl.DataFrame(
+            {
+                USER: rng.integers(0, 15, n).astype(np.int32),
+                ITEM: rng.integers(0, 25, n).astype(np.int32),
+                # whole hours, so that equal times (ties) happen
+                TS: [AS_OF - timedelta(hours=int(h)) for h in rng.integers(1, 60, n)],
+                EVENT: rng.integers(0, 4, n).astype(np.int8),
+            }
+        ).with_columns(pl.col(TS).cast(pl.Datetime("ms")))
+        source = CoVisitationSource(src_events=["view", "click", "cart"], recent_items=4)
+        source.fit(history, n_users=15, n_items=25, as_of=AS_OF)
+        weights = (1.0, 2.0, 4.0, 8.0)
+        for user in range(15):
+            best: dict[int, tuple[datetime, float]] = {}
+            for row in history.filter(pl.col(USER) == user).iter_rows(named=True):
+                if row[EVENT] == 3:
+                    continue  # purchases are not source events here
+                age = (AS_OF - row[TS]).total_seconds() / 86400
+                w = weights[row[EVENT]] * 0.5 ** (age / 7.0)
+                last, weight = best.get(row[ITEM], (row[TS], 0.0))
+                best[row[ITEM]] = (max(last, row[TS]), max(weight, w))
+            kept = sorted(best, key=lambda i: (-best[i][0].timestamp(), i))[:4]
+            row = source.profile_[user]
+            got = dict(zip(row.indices.tolist(), row.data.tolist(), strict=True))
+            assert sorted(got) == sorted(kept)
+            for item in kept:
+                assert got[item] == pytest.approx(best[item][1], rel=1e-5)
+
     def test_several_sources_side_by_side(self) -> None:
         clicks = build_source(
             "clicks", "covisit", {"src_events": ["click"], "dst_events": ["click"]}

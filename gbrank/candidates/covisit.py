@@ -471,7 +471,12 @@ class CoVisitationSource(CandidateSource):
             .agg(weight.max().alias(_WEIGHT), pl.col(TS).max().alias(_LAST))
             .collect()
         )
-        profile = _top_per_group(items, USER, (_LAST, ITEM), self.recent_items)
+        # Few rows per user: one sort and a window filter cost half the per-group top-k here
+        # (1.5 s against 2.9 s for 5.7M pairs at 10M events; the per-group top-k wins on the
+        # co-visitation counts, where each item keeps few of many rows).
+        profile = items.sort([USER, _LAST, ITEM], descending=[False, True, False]).filter(
+            pl.int_range(pl.len()).over(USER) < self.recent_items
+        )
         return sp.csr_matrix(
             (
                 profile[_WEIGHT].to_numpy(),
