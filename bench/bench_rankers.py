@@ -3,7 +3,7 @@
 Times ``gbrank``'s ``fit`` (which adds the input guards, the polars-to-numpy matrix and the query
 groups) against ``lightgbm.train`` / ``xgboost.train`` called directly on a ready numpy matrix
 with the same parameters, for a fixed number of rounds (no early stopping), and prints the time
-per iteration, per million rows, and the ratio. Median of ``--repeats`` runs each.
+per iteration, per million rows, and the ratio. Median of ``--repeat`` runs each.
 
     python bench/bench_rankers.py                  # 1M rows x 50 features, 50 rounds
     python bench/bench_rankers.py --rows 200000 --rounds 20
@@ -82,8 +82,8 @@ def bench_backend(
             backend, "rank", num_boost_round=args.rounds, early_stopping_rounds=0, label_gain=GAINS
         ).fit(data, names, C.GRADE)
 
-    base = median_seconds(plain, args.repeats)
-    mine = median_seconds(ours, args.repeats)
+    base = median_seconds(plain, args.repeat)
+    mine = median_seconds(ours, args.repeat)
     plain_ms, ours_ms = 1000 * base / args.rounds, 1000 * mine / args.rounds
     print(
         f"{backend:9} {args.rows:,} rows x {args.features} features, {args.rounds} rounds: "
@@ -103,7 +103,7 @@ def main() -> None:
     parser.add_argument("--features", type=int, default=50)
     parser.add_argument("--per-user", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=50)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     data = frame(args.rows, args.features, args.per_user)
     names = [f"f{i}" for i in range(args.features)]

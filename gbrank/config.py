@@ -244,6 +244,18 @@ class TrainConfig:
     # 10,000): "cap" keeps the best-ranked rows with a warning, "error" refuses.
     max_group_rows: int = 10_000
     group_overflow: str = "cap"
+
+    @property
+    def params_key(self) -> str:
+        """The key holding the configured backend's parameters."""
+        return "xgboost_params" if self.backend == "xgboost" else "params"
+
+    @property
+    def backend_params(self) -> dict[str, Any]:
+        """The configured backend's parameters (``train.params`` or ``train.xgboost_params``)."""
+        params: dict[str, Any] = getattr(self, self.params_key)
+        return params
+
     # The models trained (docs/architecture.md, "Heads and blends"): "ranker" (the rank objective
     # on graded labels), "ctr" (binary, click), "cvr" (binary, purchase), and per-target rankers
     # "ranker_click", "ranker_cart", "ranker_purchase". Each head costs its own training and
@@ -530,14 +542,7 @@ def check_ranker_params(cfg: Config) -> None:
             f"train.objective = '{cfg.train.objective}' is not a {cfg.train.backend} rank "
             f'objective; one of {ranks} (or "" for {DEFAULT_OBJECTIVES[cfg.train.backend]["rank"]})'
         )
-    if cfg.train.backend == "xgboost":
-        from gbrank.rankers.xgboost import check_params as check_xgboost
-
-        check_xgboost(cfg.train.xgboost_params, "train.xgboost_params")
-    else:
-        from gbrank.rankers.lightgbm import check_params
-
-        check_params(cfg.train.params, "train.params")
+    cls.check_params(cfg.train.backend_params, f"train.{cfg.train.params_key}")
 
 
 def _check_sources(cfg: Config) -> None:

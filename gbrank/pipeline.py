@@ -51,7 +51,7 @@ from gbrank.features.families.source import put_percentiles, sample_percentiles
 from gbrank.features.labels import attach_labels, build_labels, relevant_items
 from gbrank.metrics import binary_rows, candidate_report, metrics_rows, ranking_metrics
 from gbrank.rankers.base import Ranker, cap_groups
-from gbrank.rankers.blend import PRODUCT, blend_names, blend_scores, blend_weights
+from gbrank.rankers.blend import blend_names, heads_of, model_scores
 from gbrank.rankers.lightgbm import compiler_available
 from gbrank.rankers.sampling import (
     EVAL_USERS_SALT,
@@ -59,6 +59,7 @@ from gbrank.rankers.sampling import (
     Head,
     SampleSpec,
     hashed_subset,
+    head_mask,
     head_rows,
     head_spec,
     learnable_rows,
@@ -77,7 +78,6 @@ from gbrank.runs import (
 )
 
 LABELLED_FOLDS = ("train", "eval")
-RANKER = "ranker"  # model name of the two-stage ranker in metrics tables
 
 # The config each stage reads ("section" or "section.key"); a stage's record keeps a hash of
 # these, so a later stage refuses artifacts made under another config. Input paths are left
@@ -711,7 +711,7 @@ def make_ranker(cfg: Config, kind: str = "rank", **overrides: Any) -> Ranker:
     """An unfitted ranker of the configured backend (``train.backend``) for ``kind``."""
     backend = cfg.train.backend
     kwargs: dict[str, Any] = {
-        "params": cfg.train.xgboost_params if backend == "xgboost" else cfg.train.params,
+        "params": cfg.train.backend_params,
         "num_boost_round": cfg.train.num_boost_round,
         "early_stopping_rounds": cfg.train.early_stopping_rounds,
         "label_gain": [0.0, *cfg.events.gain_list()],
@@ -799,15 +799,15 @@ def train(cfg: Config) -> TrainResult:
             cfg, head, num_boost_round=trees, early_stopping_rounds=0
         ).fit(learnable_rows(serve_rows, head, "eval"), features, head.label)
     run.begin_stage("train")
-    stems = []
+    outputs = []
     importance = {}
     for head in heads:
-        stems += [model_stem(head.name, "eval"), model_stem(head.name, "serve")]
-        evaluated[head.name].save(run.file(stems[-2]))
-        served[head.name].save(run.file(stems[-1]))
+        for use, ranker in (("eval", evaluated[head.name]), ("serve", served[head.name])):
+            written = ranker.save(run.file(model_stem(head.name, use)))
+            outputs += [f"models/{path.name}" for path in written]
         importance[head.name] = evaluated[head.name].feature_importance().to_dicts()
     atomic_write_json(importance, run.file("models/importance.json"))
-    outputs = [f for stem in stems for f in model_files(cfg, stem)] + ["models/importance.json"]
+    outputs.append("models/importance.json")
     _drop_other_models(run, set(outputs))
     first = evaluated[heads[0].name]
     n_trees = {name: ranker.best_iteration_ for name, ranker in evaluated.items()}
@@ -917,17 +917,6 @@ def load_heads(cfg: Config, verified: Verified, use: str) -> dict[str, Ranker]:
     return {name: _load_ranker(verified, model_stem(name, use)) for name in cfg.train.heads}
 
 
-def blend_columns(
-    cfg: Config, frame: pl.DataFrame, scores: dict[str, np.ndarray]
-) -> dict[str, np.ndarray]:
-    """Each blend's scores of ``frame``'s rows (whole users), from the heads' ``scores``."""
-    users = frame[C.USER].to_numpy()
-    return {
-        name: blend_scores(scores, users, blend_weights(name, cfg.blend.weights))
-        for name in blend_names(cfg.train.heads, cfg.blend.weights)
-    }
-
-
 def evaluate(cfg: Config) -> EvalResult:
     """Stage 4: score the eval fold with every head's train-fold model and every blend;
     compare them with every source. Binary heads also get AUC, log loss and calibration."""
@@ -955,11 +944,11 @@ def evaluate(cfg: Config) -> EvalResult:
         the scores, never the wide feature frame."""
         scores = {name: ranker.predict(frame) for name, ranker in heads.items()}
         for name, head in binary.items():  # scored on the rows the head learns from
-            mask = np.ones(frame.height, dtype=bool)
-            if head.rows == "clicked":
-                mask = frame[C.label_col("click")].to_numpy() == 1
+            mask = head_mask(frame, head)
             probs[name].append((scores[name][mask], frame[head.label].to_numpy()[mask]))
-        scores.update(blend_columns(cfg, frame, scores))
+        users = frame[C.USER].to_numpy()
+        for name in blend_names(cfg.train.heads, cfg.blend.weights):
+            scores[name] = model_scores(name, scores, users, cfg.blend.weights)
         scored = frame.select(C.USER, C.ITEM, *rank_cols).with_columns(
             pl.Series(f"_{name}", scores[name]) for name in scored_models
         )
@@ -1045,12 +1034,13 @@ def prepare_scoring(ranker: Ranker, cfg: Config, rows: int) -> str:
     Returns the predictor used: "lleaves", or the backend's own ("lightgbm", "xgboost")."""
     choice = cfg.eval.predictor
     own = ranker.backend
-    if choice == "lleaves" and own != "lightgbm":
+    if choice == "lleaves" and ranker.compiler != "lleaves":
         raise ConfigError(
             f"eval.predictor is 'lleaves', which compiles LightGBM models only, but "
             f"train.backend is '{own}'. Fix: eval.predictor = 'auto'"
         )
-    if own != "lightgbm" or choice == "lightgbm" or (choice == "auto" and rows < COMPILE_MIN_ROWS):
+    small = choice == "auto" and rows < COMPILE_MIN_ROWS
+    if ranker.compiler is None or choice == "lightgbm" or small:
         return own
     if not compiler_available():
         if choice == "lleaves":
@@ -1069,17 +1059,13 @@ def prepare_scoring(ranker: Ranker, cfg: Config, rows: int) -> str:
     return "lleaves"
 
 
-def model_files(cfg: Config, stem: str) -> list[str]:
-    """The files of the model saved at ``stem`` by the configured backend."""
-    return [stem + rankers.backend_class(cfg.train.backend).model_suffix, f"{stem}.json"]
-
-
 def _drop_other_models(run: Run, keep: set[str]) -> None:
     """Remove the model files in ``models/`` that this training did not write (another
     backend's, or a head no longer trained), so no stale model sits beside the current ones."""
+    suffixes = {".json", *(rankers.backend_class(b).model_suffix for b in rankers.BACKENDS)}
     folder = run.file("models")
     for path in folder.iterdir() if folder.exists() else ():
-        if path.suffix in (".txt", ".ubj", ".json") and f"models/{path.name}" not in keep:
+        if path.suffix in suffixes and f"models/{path.name}" not in keep:
             path.unlink()
 
 
@@ -1152,14 +1138,7 @@ class Recommender:
         _, verified = verify_run(cfg, "eval")  # every stage up to train
         self.cfg, self.k = cfg, k
         self.data = data = _load_run_data(verified)
-        # The heads that blend.serve needs: itself, or the heads of its blend.
-        serve = cfg.blend.serve
-        if serve in cfg.train.heads:
-            needed = [serve]
-        elif serve == PRODUCT:
-            needed = ["ctr", "cvr"]
-        else:
-            needed = list(cfg.blend.weights[serve])
+        needed = heads_of(cfg.blend.serve, cfg.blend.weights)
         self.heads = {name: _load_ranker(verified, model_stem(name, "serve")) for name in needed}
         self.budgets: dict[str, int] = _read_json(verified, "candidates/budgets.json")
         load = fold_source_loader(verified, "inference")
@@ -1237,11 +1216,8 @@ class Recommender:
     def score(self, feats: pl.DataFrame) -> np.ndarray:
         """The served score (``blend.serve``) of feature rows holding whole users."""
         scores = {name: ranker.predict(feats) for name, ranker in self.heads.items()}
-        serve = self.cfg.blend.serve
-        if serve in scores:
-            return scores[serve]
-        weights = blend_weights(serve, self.cfg.blend.weights)
-        return blend_scores(scores, feats[C.USER].to_numpy(), weights)
+        users = feats[C.USER].to_numpy()
+        return model_scores(self.cfg.blend.serve, scores, users, self.cfg.blend.weights)
 
     def batches(self, executor: LocalExecutor | None = None) -> Iterator[pl.DataFrame]:
         """Frames of ``user_id, item_id, score, rank`` (raw ids), known users first."""

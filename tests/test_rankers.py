@@ -12,7 +12,8 @@ from gbrank import columns as C
 from gbrank.config import load_config
 from gbrank.errors import NotFittedError
 from gbrank.pipeline import training_rows, validation_mask
-from gbrank.rankers.lightgbm import LightGBMRanker, group_sizes
+from gbrank.rankers.base import query_groups
+from gbrank.rankers.lightgbm import LightGBMRanker
 from gbrank.rankers.sampling import stable_unit
 
 
@@ -36,9 +37,9 @@ def ranking_frame(seed: int, users: int = 200, per_user: int = 20) -> pl.DataFra
 
 def test_group_sizes_from_sort() -> None:
     frame = pl.DataFrame({C.USER: [1, 1, 1, 4, 7, 7]})  # users 1 (3 rows), 4 (1), 7 (2)
-    assert group_sizes(frame).tolist() == [3, 1, 2]
+    assert query_groups(frame).sizes.tolist() == [3, 1, 2]
     with pytest.raises(ValueError, match="sorted by user"):
-        group_sizes(pl.DataFrame({C.USER: [2, 1]}))
+        query_groups(pl.DataFrame({C.USER: [2, 1]}))
 
 
 def test_ranker_learns_signal_and_round_trips(tmp_path: Path) -> None:

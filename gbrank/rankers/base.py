@@ -162,6 +162,7 @@ class Ranker(ABC):
     backend: ClassVar[str]
     objectives: ClassVar[dict[str, str]]  # objective -> kind ("rank" or "binary")
     model_suffix: ClassVar[str]
+    compiler: ClassVar[str | None] = None  # what ``compile`` uses, None: no compiler
 
     features_: list[str]
     label_: str
@@ -224,6 +225,11 @@ class Ranker(ABC):
         """Compile the model for faster scoring; backends without a compiler raise
         ImportError (callers then score with the backend itself)."""
         raise ImportError(f"no compiler for {self.backend} models")
+
+    @classmethod
+    @abstractmethod
+    def check_params(cls, params: dict[str, Any], where: str) -> None:
+        """A ConfigError for a parameter the backend does not know or a value it rejects."""
 
     # ------------------------------------------------------------------ shared
 

@@ -64,3 +64,24 @@ def blend_weights(
 ) -> Mapping[str, float] | None:
     """The weights of blend ``name`` (None for ``ctr_cvr``)."""
     return None if name == PRODUCT else weights[name]
+
+
+def heads_of(name: str, weights: Mapping[str, Mapping[str, float]]) -> list[str]:
+    """The heads whose scores model ``name`` (a head or a blend) needs."""
+    if name == PRODUCT:
+        return ["ctr", "cvr"]
+    if name in weights:
+        return list(weights[name])
+    return [name]
+
+
+def model_scores(
+    name: str,
+    scores: Mapping[str, np.ndarray],
+    users: np.ndarray,
+    weights: Mapping[str, Mapping[str, float]],
+) -> np.ndarray:
+    """The scores of model ``name``: a head's own (from ``scores``) or a blend's of them."""
+    if name != PRODUCT and name not in weights:
+        return scores[name]
+    return blend_scores(scores, users, blend_weights(name, weights))

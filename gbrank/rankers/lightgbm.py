@@ -75,11 +75,6 @@ def check_params(params: Mapping[str, Any], where: str = "train.params") -> None
         raise ConfigError(f"{where}: LightGBM rejects the parameters: {reason}") from None
 
 
-def group_sizes(frame: pl.DataFrame) -> np.ndarray:
-    """Query sizes for a frame sorted by user (see :func:`gbrank.rankers.base.query_groups`)."""
-    return query_groups(frame).sizes
-
-
 #: Rows taken from the frame at a time for a compiled model (float32, 100 MB at 100 features),
 #: and rows per call of it: float64 in row order, as lleaves reads them. A call's rows are
 #: converted just before it, while they fit in the caches: 2**14 rows scored 1.3x faster than
@@ -120,6 +115,11 @@ class LightGBMRanker(Ranker):
     backend = "lightgbm"
     objectives = {"lambdarank": "rank", "binary": "binary"}
     model_suffix = ".txt"
+    compiler = "lleaves"
+
+    @classmethod
+    def check_params(cls, params: Mapping[str, Any], where: str) -> None:
+        check_params(params, where)
 
     def _lgb_params(self) -> dict[str, Any]:
         params: dict[str, Any] = {

@@ -179,14 +179,25 @@ def head_spec(name: str, cvr_rows: str = "clicked") -> Head:
     return head
 
 
+def _rows_expr(head: Head) -> pl.Expr:
+    if head.rows == "clicked":
+        return pl.col(C.label_col("click")) == 1
+    if head.rows == "positive_users":
+        return (pl.col(head.label) == 1).any().over(C.USER)
+    raise ValueError(f"head {head.name}: unknown rows {head.rows!r}")
+
+
+def head_mask(frame: pl.DataFrame, head: Head) -> np.ndarray:
+    """Which rows of ``frame`` ``head`` learns from (and is scored on), as a boolean array."""
+    if head.rows == "all":
+        return np.ones(frame.height, dtype=bool)
+    return frame.select(_rows_expr(head).alias("_m")).to_series().to_numpy()
+
+
 def head_rows(frame: pl.DataFrame, head: Head) -> pl.DataFrame:
     """The rows of a training sample ``head`` learns from (the sample is drawn once, on the
     graded labels, and every head keeps its order: sorted by user)."""
-    if head.rows == "clicked":
-        return frame.filter(pl.col(C.label_col("click")) == 1)
-    if head.rows == "positive_users":
-        return frame.filter((pl.col(head.label) == 1).any().over(C.USER))
-    return frame
+    return frame if head.rows == "all" else frame.filter(_rows_expr(head))
 
 
 def learnable_rows(frame: pl.DataFrame, head: Head, fold: str) -> pl.DataFrame:

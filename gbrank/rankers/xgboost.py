@@ -65,6 +65,10 @@ class XGBoostRanker(Ranker):
     objectives = {"rank:ndcg": "rank", "rank:pairwise": "rank", "binary:logistic": "binary"}
     model_suffix = ".ubj"
 
+    @classmethod
+    def check_params(cls, params: Mapping[str, Any], where: str) -> None:
+        check_params(params, where)
+
     def _xgb_params(self) -> dict[str, Any]:
         params: dict[str, Any] = {
             "objective": self.objective,
