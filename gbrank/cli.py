@@ -54,8 +54,14 @@ data_app = typer.Typer(
 config_app = typer.Typer(
     help="Inspect the configuration.", no_args_is_help=True, context_settings=CONTEXT
 )
+runs_app = typer.Typer(
+    help="The runs of a workspace: list, inspect, promote, roll back.",
+    no_args_is_help=True,
+    context_settings=CONTEXT,
+)
 app.add_typer(data_app, name="data")
 app.add_typer(config_app, name="config")
+app.add_typer(runs_app, name="runs")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -82,8 +88,29 @@ EventsOpt = Annotated[
 ]
 
 
+#: "text" or "json" (--log-format): json makes every line of output one JSON object.
+_LOG = {"format": "text"}
+
+
+def _json_line(level: str, event: str, **fields: Any) -> None:
+    from gbrank.progress import JsonReporter
+
+    JsonReporter(sys.stdout).event(event if level == "info" else level, **fields)
+
+
 def _echo(text: str = "") -> None:
+    if _LOG["format"] == "json":
+        if text:
+            _json_line("info", "message", message=text)
+        return
     typer.echo(text)
+
+
+def _error(text: str, exit_code: int) -> None:
+    if _LOG["format"] == "json":
+        _json_line("error", "error", message=text, exit_code=exit_code)
+    else:
+        typer.echo(f"error: {text}", err=True)
 
 
 def _show_warning(
@@ -94,7 +121,21 @@ def _show_warning(
     file: Any = None,
     line: str | None = None,
 ) -> None:
-    typer.echo(f"warning: {message}", err=True)
+    if _LOG["format"] == "json":
+        _json_line("warning", "warning", message=str(message))
+    else:
+        typer.echo(f"warning: {message}", err=True)
+
+
+def _reporter() -> Any:
+    """JSON lines, progress bars on a terminal, or plain lines on stderr."""
+    from gbrank import progress
+
+    if _LOG["format"] == "json":
+        return progress.JsonReporter(sys.stdout)
+    if sys.stderr.isatty():
+        return progress.RichReporter()
+    return progress.LineReporter(sys.stderr)
 
 
 def handle_errors(func: F) -> F:
@@ -103,21 +144,23 @@ def handle_errors(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from gbrank.progress import reporting
+
         shown = warnings.showwarning
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), reporting(_reporter()):
                 warnings.simplefilter("always", GbrankWarning)
                 warnings.showwarning = _show_warning
                 return func(*args, **kwargs)
         except GbrankError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            _error(str(exc), exc.exit_code)
             raise typer.Exit(exc.exit_code) from None
         except BrokenPipeError:  # the reader went away (`gbrank eval | head`): stop quietly
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (Python flushes it at exit)
             raise typer.Exit(141) from None
         except OSError as exc:  # reading or writing the disk: the path and the errno text
             error = io_error(getattr(exc, "filename", None) or "a file", exc, "read or write")
-            typer.echo(f"error: {error}", err=True)
+            _error(str(error), error.exit_code)
             raise typer.Exit(error.exit_code) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
@@ -125,7 +168,7 @@ def handle_errors(func: F) -> F:
         except Exception as exc:  # an internal error: show the traceback, exit 70
             wrapped = wrapped_os_error(exc)
             if wrapped is not None:  # a library's report of a disk error
-                typer.echo(f"error: {io_error('a file', wrapped, 'read or write')}", err=True)
+                _error(str(io_error("a file", wrapped, "read or write")), EXIT_IO)
                 raise typer.Exit(EXIT_IO) from None
             traceback.print_exc()
             typer.echo("error: internal error (see the traceback above)", err=True)
@@ -178,8 +221,19 @@ def _main(
             "--version", callback=_version_callback, is_eager=True, help="Show the version."
         ),
     ] = False,
+    log_format: Annotated[
+        str,
+        typer.Option(
+            "--log-format",
+            help="text, or json: one JSON object per line on stdout (for log collectors).",
+        ),
+    ] = "text",
 ) -> None:
     """Two-stage recommendation for e-commerce."""
+    if log_format not in ("text", "json"):
+        typer.echo(f"error: --log-format must be text or json, got {log_format!r}", err=True)
+        raise typer.Exit(2)
+    _LOG["format"] = log_format
 
 
 # --------------------------------------------------------------------------- data
@@ -382,6 +436,14 @@ def recommend(
         Path | None,
         typer.Option("--users", help="File of user ids (column user_id, or the first column)."),
     ] = None,
+    run: Annotated[
+        str | None,
+        typer.Option(
+            "--run",
+            help="Serve this run of the workspace, or 'current' (the champion), with the config "
+            "it was made with; default: the run of --config.",
+        ),
+    ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     workspace: WorkspaceOpt = None,
@@ -390,8 +452,17 @@ def recommend(
     from gbrank import pipeline
 
     check_table_suffix(out, "--out")  # a usage error (exit 2) before any work
-    cfg = resolve_config(config, set_, workspace)
-    result = pipeline.write_recommendations(cfg, k, out, users)
+    if run is not None:
+        from gbrank.runner import resolve_run, run_config
+
+        ws = (
+            workspace if workspace is not None else Path(resolve_config(config, set_).run.workspace)
+        )
+        cfg = run_config(resolve_run(ws, run))
+        result = pipeline.write_recommendations(cfg, k, out, users, check_inputs=False)
+    else:
+        cfg = resolve_config(config, set_, workspace)
+        result = pipeline.write_recommendations(cfg, k, out, users)
     _echo(
         f"wrote {result.rows:,} rows for {result.n_users:,} users "
         f"({result.n_cold:,} cold, served by popularity) to {result.path}"
@@ -422,6 +493,91 @@ def quickstart(
     _echo(f"run:       {result.eval.run.path}")
     _echo(f"metrics:   {result.eval.run.file('metrics.json')}")
     _echo(f"next: gbrank recommend --config {result.config_path} --k 20 --out recs.csv")
+
+
+@app.command("run")
+@handle_errors
+def run_(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    workspace: WorkspaceOpt = None,
+    events: EventsOpt = None,
+) -> None:
+    """Every stage (reusing what is still valid), the evaluation, then promotion to `current`
+    if the run does not regress against the champion (exit 3 when refused). For cron."""
+    from gbrank.errors import PromotionRefused
+    from gbrank.runner import run_pipeline
+
+    cfg = resolve_config(config, set_, workspace, events)
+    try:
+        result = run_pipeline(cfg)
+    except PromotionRefused as exc:
+        _print_run(exc.result)
+        raise
+    _print_run(result)
+
+
+def _print_run(result: Any) -> None:
+    _echo(f"run {result.run.id} ({result.run.path})")
+    for s in result.stages:
+        how = f"reused from {s.source}" if s.how == "reused" else s.how
+        _echo(f"  {s.stage:<9} {how:<24} {s.seconds:8.1f}s")
+    d = result.decision
+    verdict = "promoted to current" if d.promoted else "not promoted"
+    _echo(f"{d.metric}: {d.challenger:.4f}; {verdict} ({d.reason})")
+    _echo(f"done in {result.seconds:.1f}s")
+
+
+def _workspace_of(config: Path | None, workspace: Path | None) -> Path:
+    if workspace is not None:
+        return workspace
+    return Path(resolve_config(config, None).run.workspace)
+
+
+@runs_app.command("list")
+@handle_errors
+def runs_list(config: ConfigOpt = None, workspace: WorkspaceOpt = None) -> None:
+    """Every run of the workspace: complete or not, when, its gate metric; * marks current."""
+    from gbrank.runner import describe_runs
+
+    _echo(describe_runs(_workspace_of(config, workspace)))
+
+
+@runs_app.command("show")
+@handle_errors
+def runs_show(
+    run_id: Annotated[str, typer.Argument(help="A run id, or 'current'.")],
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """One run: its manifest (inputs, versions, stage timings), metrics and promotions."""
+    from gbrank.runner import describe_run
+
+    _echo(describe_run(_workspace_of(config, workspace), run_id))
+
+
+@runs_app.command("promote")
+@handle_errors
+def runs_promote(
+    run_id: Annotated[str, typer.Argument(help="The run to make current.")],
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Make a complete run `current` by hand, whatever its metrics."""
+    from gbrank.runner import promote_run
+
+    run = promote_run(_workspace_of(config, workspace), run_id)
+    _echo(f"current -> {run.id}")
+
+
+@runs_app.command("rollback")
+@handle_errors
+def runs_rollback(config: ConfigOpt = None, workspace: WorkspaceOpt = None) -> None:
+    """Point `current` back at the run the current one replaced."""
+    from gbrank.runner import rollback
+
+    before, after = rollback(_workspace_of(config, workspace))
+    _echo(f"current -> {after} (was {before})")
 
 
 def main() -> None:

@@ -292,6 +292,19 @@ class RunConfig:
 
 
 @dataclass
+class PromoteConfig:
+    """The gate of ``gbrank run``: a new run becomes ``current`` only if its served model's
+    ``metric@k`` on ``target`` is at least the champion's minus ``tolerance``, both scored on
+    the new run's eval fold."""
+
+    metric: str = "ndcg"
+    k: int = 0  # 0: the first of eval.ks
+    target: str = ""  # "": the last of eval.targets (purchase by default)
+    # Absolute drop allowed: the metric's noise across folds is about 0.002 at 50,000 users.
+    tolerance: float = 0.0
+
+
+@dataclass
 class BlendConfig:
     """Scores from several heads (rankers/blend.py)."""
 
@@ -313,6 +326,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     blend: BlendConfig = field(default_factory=BlendConfig)
+    promote: PromoteConfig = field(default_factory=PromoteConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -492,7 +506,32 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("train.max_group_rows must be in 1..10000 (LightGBM's query limit)")
     check_ranker_params(cfg)
     _check_heads(cfg)
+    _check_promote(cfg)
     return cfg
+
+
+def _check_promote(cfg: Config) -> None:
+    from gbrank.metrics import RANKING_METRICS as METRICS
+
+    promote = cfg.promote
+    if promote.k == 0 and cfg.eval.ks:
+        promote.k = cfg.eval.ks[0]
+    if not promote.target and cfg.eval.targets:
+        promote.target = cfg.eval.targets[-1]
+    if promote.metric not in METRICS:
+        raise ConfigError(
+            f"promote.metric: unknown metric '{promote.metric}'{_nearest(promote.metric, METRICS)}"
+        )
+    if promote.k not in cfg.eval.ks:
+        raise ConfigError(
+            f"promote.k = {promote.k} is not one of eval.ks {cfg.eval.ks}: add it there"
+        )
+    if promote.target not in cfg.eval.targets:
+        raise ConfigError(
+            f"promote.target '{promote.target}' is not one of eval.targets {cfg.eval.targets}"
+        )
+    if not promote.tolerance >= 0:
+        raise ConfigError(f"promote.tolerance must be 0 or more, got {promote.tolerance}")
 
 
 def _check_heads(cfg: Config) -> None:

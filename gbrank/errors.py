@@ -86,6 +86,18 @@ class WorkspaceIOError(GbrankError):
     exit_code = EXIT_IO
 
 
+class WorkspaceLockedError(GbrankError):
+    """Another gbrank process holds the workspace lock."""
+
+    exit_code = EXIT_LOCKED
+
+
+class PromotionRefused(GbrankError):
+    """The new run scores worse than the current champion: it was not promoted."""
+
+    exit_code = EXIT_PROMOTION_REFUSED
+
+
 class NotFittedError(GbrankError):
     """A model was used before ``fit``."""
 

@@ -16,12 +16,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import polars as pl
@@ -50,6 +51,7 @@ from gbrank.features.builders import FeatureBuilder, feature_columns
 from gbrank.features.families.source import put_percentiles, sample_percentiles
 from gbrank.features.labels import attach_labels, build_labels, relevant_items
 from gbrank.metrics import binary_rows, candidate_report, metrics_rows, ranking_metrics
+from gbrank.progress import steps
 from gbrank.rankers.base import Ranker, cap_groups
 from gbrank.rankers.blend import blend_names, heads_of, model_scores
 from gbrank.rankers.lightgbm import compiler_available
@@ -69,10 +71,12 @@ from gbrank.rankers.sampling import validation_mask as _validation_mask
 from gbrank.runs import (
     Run,
     Verified,
+    WorkspaceLock,
     atomic_write_json,
     atomic_write_parquet,
     atomic_write_table,
     atomic_write_text,
+    content_files,
     content_fingerprint,
     run_folder,
 )
@@ -119,6 +123,15 @@ def _config_hashes(cfg: Config) -> dict[str, str]:
 def input_fingerprint(cfg: Config) -> str:
     """A content hash of the input files (events, items, users): size and sha256 of each,
     cached by modification time in the workspace, so ``touch`` or a move changes nothing."""
+    return content_fingerprint(*_input_paths(cfg))
+
+
+def input_files(cfg: Config) -> list[dict[str, Any]]:
+    """Role, path, size and sha256 of every input file (for the manifest)."""
+    return content_files(*_input_paths(cfg))
+
+
+def _input_paths(cfg: Config) -> tuple[list[tuple[str, Path]], Path | None]:
     paths: list[tuple[str, Path]] = []
     for what in INPUT_KEYS:
         spec = getattr(cfg.data, what)
@@ -128,7 +141,7 @@ def input_fingerprint(cfg: Config) -> str:
             except MissingInputError:
                 continue  # reported by the stage that reads it
     workspace = Path(cfg.run.workspace)
-    return content_fingerprint(paths, workspace if workspace.is_dir() else None)
+    return paths, workspace if workspace.is_dir() else None
 
 
 def run_id_for(cfg: Config, fingerprint: str | None = None) -> str:
@@ -139,6 +152,7 @@ def run_id_for(cfg: Config, fingerprint: str | None = None) -> str:
     resolved = cfg.to_dict()
     resolved["run"] = {k: v for k, v in resolved["run"].items() if k not in ("workspace", "run_id")}
     resolved["data"] = {k: v for k, v in resolved["data"].items() if k not in INPUT_KEYS}
+    del resolved["promote"]  # the gate reads the artifacts, it makes none
     text = json.dumps(resolved, sort_keys=True, default=str)
     fp = fingerprint if fingerprint is not None else input_fingerprint(cfg)
     return hashlib.sha256(f"{text}|{fp}".encode()).hexdigest()[:12]
@@ -154,8 +168,31 @@ def open_run(cfg: Config, fingerprint: str | None = None) -> Run:
     return run_folder(cfg.run.workspace, run_id_for(cfg, fingerprint))
 
 
-def verify_run(cfg: Config, stage: str) -> tuple[Run, Verified]:
-    """The run folder and the checked records of every stage before ``stage``."""
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def locked(stage: str) -> Callable[[F], F]:
+    """Run a stage function under the workspace lock (re-entrant: ``gbrank run`` holds it)."""
+
+    def decorate(func: F) -> F:
+        @functools.wraps(func)
+        def wrapper(cfg: Config, *args: Any, **kwargs: Any) -> Any:
+            with WorkspaceLock(cfg.run.workspace, stage):
+                return func(cfg, *args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def verify_run(cfg: Config, stage: str, check_inputs: bool = True) -> tuple[Run, Verified]:
+    """The run folder and the checked records of every stage before ``stage``.
+
+    ``check_inputs=False`` (serving a named run, whose data the run folder holds): the run is
+    ``run.run_id`` and the input files are not compared with the ones it read."""
+    if not check_inputs:
+        run = run_folder(cfg.run.workspace, cfg.run.run_id)
+        return run, run.verify(stage, _config_hashes(cfg), None)
     fp = input_fingerprint(cfg)
     run = open_run(cfg, fp)
     return run, run.verify(stage, _config_hashes(cfg), fp)
@@ -244,7 +281,6 @@ GENERATE_INPUTS = [
     "vocab/users.parquet",
     "vocab/items.parquet",
     "folds.json",
-    "config.toml",
 ]
 
 
@@ -505,6 +541,7 @@ class GenerateResult:
     seconds: dict[str, dict[str, float]]
 
 
+@locked("generate")
 def generate(cfg: Config) -> GenerateResult:
     """Stage 1: load data, make folds, generate candidates and labels for the train and eval
     folds, and measure each source's candidate recall."""
@@ -520,7 +557,8 @@ def generate(cfg: Config) -> GenerateResult:
     seconds: dict[str, dict[str, float]] = {}
     budgets: dict[str, int] | None = None
     n_users: dict[str, dict[str, int]] = {}
-    for name in LABELLED_FOLDS:  # train first: it resolves the automatic budgets
+    for name in steps("generate", "labelled folds", LABELLED_FOLDS):
+        # train first: it resolves the automatic budgets
         fold = labelled_fold(cfg, run, data, name, budgets)
         budgets = fold.budgets
         outputs += fold.outputs
@@ -582,6 +620,7 @@ def _labelled_features(
     return attach_labels(frame, labels)
 
 
+@locked("features")
 def build_features(cfg: Config) -> FeaturesResult:
     """Stage 2: leak-free features (history before each fold's as_of) plus labels.
 
@@ -755,6 +794,7 @@ class TrainResult:
     heads: dict[str, int]  # each head's number of trees
 
 
+@locked("train")
 def train(cfg: Config) -> TrainResult:
     """Stage 3: each head of ``train.heads`` on the train fold with early stopping on held-out
     users; then its serving model, refit on the eval fold with the same number of trees."""
@@ -856,6 +896,13 @@ class EvalResult:
         return format_table(self.metrics, target, metrics)
 
 
+def eval_result(cfg: Config, run: Run) -> EvalResult:
+    """The evaluation a run recorded (metrics.json and the users counted), without scoring."""
+    rows = json.loads(run.file("metrics.json").read_text())
+    users = run.progress().get("eval", {}).get("users", {})
+    return EvalResult(run, pl.DataFrame(rows), {t: int(n) for t, n in users.items()})
+
+
 def format_table(
     metrics: pl.DataFrame,
     target: str,
@@ -917,6 +964,7 @@ def load_heads(cfg: Config, verified: Verified, use: str) -> dict[str, Ranker]:
     return {name: _load_ranker(verified, model_stem(name, use)) for name in cfg.train.heads}
 
 
+@locked("eval")
 def evaluate(cfg: Config) -> EvalResult:
     """Stage 4: score the eval fold with every head's train-fold model and every blend;
     compare them with every source. Binary heads also get AUC, log loss and calibration."""
@@ -988,10 +1036,27 @@ def evaluate(cfg: Config) -> EvalResult:
         inputs=verified.hashes(),
         outputs=["metrics.json"],
     )
-    run.write_manifest(
-        cfg.hash(), cfg.run.seed, {"data": verified.records["generate"]["data_fingerprint"]}
-    )
+    write_manifest(cfg, run, verified.records["generate"]["data_fingerprint"])
     return EvalResult(run, metrics, users)
+
+
+def thread_settings(cfg: Config) -> dict[str, Any]:
+    """The thread counts a run used (results can depend on them: the manifest keeps them)."""
+    env = ("POLARS_MAX_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    return {
+        "cpu_count": os.cpu_count(),
+        "polars": pl.thread_pool_size(),
+        "lightgbm_num_threads": cfg.train.params.get("num_threads", 0),
+        **{name: os.environ[name] for name in env if name in os.environ},
+    }
+
+
+def write_manifest(cfg: Config, run: Run, data_fingerprint: str) -> Path:
+    """The run's resolved config, then its manifest, last: the run is complete."""
+    atomic_write_text(dump_toml(cfg), run.file("config.toml"))
+    files = input_files(cfg)
+    inputs = {"data": data_fingerprint, "files": files if files else []}
+    return run.write_manifest(cfg.hash(), cfg.run.seed, inputs, thread_settings(cfg))
 
 
 def user_batches(path: Path, batch_rows: int) -> Iterator[pl.DataFrame]:
@@ -1133,9 +1198,16 @@ class Recommender:
     get popularity, after the known ones.
     """
 
-    def __init__(self, cfg: Config, k: int, users_file: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        k: int,
+        users_file: str | Path | None = None,
+        *,
+        check_inputs: bool = True,
+    ) -> None:
         raw = read_user_list(Path(users_file)) if users_file is not None else None
-        _, verified = verify_run(cfg, "eval")  # every stage up to train
+        _, verified = verify_run(cfg, "eval", check_inputs)  # every stage up to train
         self.cfg, self.k = cfg, k
         self.data = data = _load_run_data(verified)
         needed = heads_of(cfg.blend.serve, cfg.blend.weights)
@@ -1221,7 +1293,9 @@ class Recommender:
 
     def batches(self, executor: LocalExecutor | None = None) -> Iterator[pl.DataFrame]:
         """Frames of ``user_id, item_id, score, rank`` (raw ids), known users first."""
-        yield from (executor or LocalExecutor()).map("recommend", self.serve, self.user_batches())
+        batches = list(self.user_batches())
+        served = (executor or LocalExecutor()).map("recommend", self.serve, batches)
+        yield from steps("recommend", "user batches", served, len(batches))
         if self.cold_raw.len():
             yield self._cold()
 
@@ -1260,18 +1334,26 @@ class Recommender:
         )
 
 
-def recommend(cfg: Config, k: int, users_file: str | Path | None = None) -> RecommendResult:
+def recommend(
+    cfg: Config, k: int, users_file: str | Path | None = None, *, check_inputs: bool = True
+) -> RecommendResult:
     """Top-``k`` items per user at the end of the data, with raw ids, as one frame.
 
     For every user of a large shop, :func:`write_recommendations` streams to a file instead.
+    ``check_inputs=False`` serves the run named by ``run.run_id`` (see :func:`verify_run`).
     """
-    rec = Recommender(cfg, k, users_file)
+    rec = Recommender(cfg, k, users_file, check_inputs=check_inputs)
     recs = pl.concat([rec.empty(), *rec.batches()])
     return RecommendResult(recs, rec.n_users, rec.cold_raw.len(), recs.height)
 
 
 def write_recommendations(
-    cfg: Config, k: int, out: str | Path, users_file: str | Path | None = None
+    cfg: Config,
+    k: int,
+    out: str | Path,
+    users_file: str | Path | None = None,
+    *,
+    check_inputs: bool = True,
 ) -> RecommendResult:
     """Top-``k`` items per user, written to ``out`` (.parquet or .csv) batch by batch as they
     are made; the file appears under its name only when complete."""
@@ -1279,7 +1361,7 @@ def write_recommendations(
 
     path = Path(out)
     check_table_suffix(path)
-    rec = Recommender(cfg, k, users_file)
+    rec = Recommender(cfg, k, users_file, check_inputs=check_inputs)
     with TableWriter(path) as writer:
         writer.write_all(rec.batches(), empty=rec.empty)
     rows = writer.rows

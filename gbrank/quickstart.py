@@ -10,13 +10,13 @@ from gbrank import pipeline
 from gbrank.atomic import atomic_write_text
 from gbrank.config import load_config
 from gbrank.data.synth import SynthConfig, synthesize
+from gbrank.runner import RunResult, run_pipeline
 
 
 @dataclass
 class QuickstartResult:
     config_path: Path
-    generate: pipeline.GenerateResult
-    train: pipeline.TrainResult
+    run: RunResult
     eval: pipeline.EvalResult
 
 
@@ -55,12 +55,11 @@ def run_quickstart(
     config_path = workspace / "gbrank.toml"
     atomic_write_text(quickstart_config(workspace, seed), config_path)
     cfg = load_config(config_path)
-    echo("[2/5] generate: candidates from every source for the train and eval folds")
-    gen = pipeline.generate(cfg)
-    echo("[3/5] features: leak-free features and labels")
-    pipeline.build_features(cfg)
-    echo("[4/5] train: lambdarank on the train fold")
-    trained = pipeline.train(cfg)
-    echo("[5/5] eval: ranker vs each source on the eval fold")
-    evaluated = pipeline.evaluate(cfg)
-    return QuickstartResult(config_path, gen, trained, evaluated)
+    echo(
+        "[2/5] generate: candidates from every source for the train and eval folds; "
+        "[3/5] features: leak-free features and labels; [4/5] train: lambdarank on the train "
+        "fold; [5/5] eval: ranker vs each source on the eval fold (as `gbrank run` does)"
+    )
+    result = run_pipeline(cfg, command="quickstart")
+    evaluated = pipeline.eval_result(cfg, result.run)
+    return QuickstartResult(config_path, result, evaluated)

@@ -39,6 +39,11 @@ def test_expected_commands_exist() -> None:
         "generate",
         "quickstart",
         "recommend",
+        "run",
+        "runs list",
+        "runs promote",
+        "runs rollback",
+        "runs show",
         "train",
     }
 
