@@ -109,10 +109,10 @@ def remove_temporary_files(root: Path) -> list[Path]:
     removed = []
     if not root.is_dir():
         return removed
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            if TEMPORARY.match(name):
-                p = Path(dirpath) / name
+    for dirpath, dirs, files in os.walk(root):
+        for name in [*files, *dirs]:  # a symlink to a folder is listed with the folders
+            p = Path(dirpath) / name
+            if TEMPORARY.match(name) and (name in files or p.is_symlink()):
                 p.unlink(missing_ok=True)
                 removed.append(p)
     return removed

@@ -259,6 +259,7 @@ def ranking_metrics(
             pl.col(RANK).cast(pl.Int64),
             pl.col(RANK).rank("ordinal").over(USER).cast(pl.Int64).alias(_HIT_NO),
         )
+        .sort(USER, RANK)  # sums below run in this order: the same bits on every run
     )
     ks_frame = pl.DataFrame({_K: ks_list}, schema={_K: pl.Int64})
 
@@ -266,9 +267,9 @@ def ranking_metrics(
     # each hit, rank of the first hit. The hit number is still valid after the rank <= K
     # filter because the hits kept are a prefix in rank order.
     per_k = (
-        hits.join(ks_frame, how="cross")
+        hits.join(ks_frame, how="cross", maintain_order="left")
         .filter(pl.col(RANK) <= pl.col(_K))
-        .group_by(USER, _K)
+        .group_by(USER, _K, maintain_order=True)
         .agg(
             pl.len().cast(pl.Int64).alias(_HITS),
             (1.0 / (pl.col(RANK).cast(pl.Float64) + 1.0).log(base=2)).sum().alias(_DCG),
@@ -302,8 +303,12 @@ def ranking_metrics(
         "mrr": (1.0 / pl.col(_FIRST)).fill_null(0.0),
         "hitrate": (hits_col > 0).cast(pl.Float64),
     }
-    means = grid.group_by(_K).agg(
-        [expressions[m].cast(pl.Float64).mean().alias(m) for m in metric_list]
+    # Means over users in user order, so the floating-point sums, and the values written to
+    # metrics.json, are identical from run to run whatever the thread count.
+    means = (
+        grid.sort(_K, USER)
+        .group_by(_K, maintain_order=True)
+        .agg([expressions[m].cast(pl.Float64).mean().alias(m) for m in metric_list])
     )
 
     # Long table in the requested order; the join with ks_frame keeps every K even when

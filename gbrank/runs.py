@@ -36,6 +36,7 @@ import hashlib
 import json
 import os
 import platform
+import secrets
 import shutil
 import socket
 import time
@@ -53,6 +54,7 @@ from gbrank.atomic import (
     atomic_write_parquet,
     atomic_write_table,
     atomic_write_text,
+    fault_point,
     file_sha256,
     fsync_path,
     io_error,
@@ -653,12 +655,14 @@ def set_current(workspace: str | Path, run_id: str) -> None:
     """Point ``current`` at ``runs/<run_id>`` with one atomic rename of a new symlink."""
     workspace = Path(workspace)
     link = workspace / CURRENT
-    tmp = workspace / f".{CURRENT}.{os.getpid()}.link"
+    tmp = workspace / f".{CURRENT}.{secrets.token_hex(4)}.tmp"  # as atomic.TEMPORARY
     try:
         tmp.unlink(missing_ok=True)
         os.symlink(Path("runs") / run_id, tmp)
+        fault_point(f"linked {link}")
         os.replace(tmp, link)
         fsync_path(workspace)
+        fault_point(f"renamed {link}")
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise io_error(link, exc) from exc

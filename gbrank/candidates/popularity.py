@@ -96,8 +96,9 @@ class PopularitySource(CandidateSource):
                 history.select(pl.col(USER).cast(pl.Int32), pl.col(ITEM).cast(pl.Int32))
                 .join(self.ranking_.select(ITEM), on=ITEM, how="semi")
                 .unique()
+                .sort(USER, ITEM)  # a fixed order: the saved state is the same bytes every run
             )
-            self.seen_counts_ = self.seen_.group_by(USER).agg(
+            self.seen_counts_ = self.seen_.group_by(USER, maintain_order=True).agg(
                 pl.len().cast(pl.Int32).alias(_N_SEEN)
             )
 
