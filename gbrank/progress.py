@@ -127,6 +127,10 @@ class RichReporter(Reporter):
     """A progress bar per stage on a terminal (rich)."""
 
     def __init__(self) -> None:
+        self.progress: Any = None  # started at the first stage event: quiet commands stay so
+        self.tasks: dict[str, Any] = {}
+
+    def _start(self) -> None:
         from rich.console import Console
         from rich.progress import (
             BarColumn,
@@ -146,11 +150,16 @@ class RichReporter(Reporter):
             console=Console(stderr=True),
             transient=False,
         )
-        self.tasks: dict[str, Any] = {}
         self.progress.start()
 
     def event(self, kind: str, **fields: Any) -> None:
         stage = str(fields.get("stage", ""))
+        if kind in ("message", "warning", "error"):
+            return  # the CLI prints these itself
+        if self.progress is None:
+            self._start()
+        if kind in ("step", "stage_done") and stage not in self.tasks:
+            self.tasks[stage] = self.progress.add_task(stage, total=None)
         if kind == "stage_start":
             self.tasks[stage] = self.progress.add_task(stage, total=None)
         elif kind == "step" and stage in self.tasks:
@@ -172,4 +181,5 @@ class RichReporter(Reporter):
             )
 
     def close(self) -> None:
-        self.progress.stop()
+        if self.progress is not None:
+            self.progress.stop()

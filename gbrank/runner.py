@@ -435,7 +435,9 @@ def describe_run(workspace: str | Path, run_id: str) -> str:
     out.append("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     out.append("threads: " + ", ".join(f"{k} {v}" for k, v in manifest.get("threads", {}).items()))
     out.append("stages:")
-    for stage, info in manifest.get("stages", {}).items():
+    recorded = manifest.get("stages", {})
+    for stage in [*[s for s in STAGES if s in recorded], *[s for s in recorded if s not in STAGES]]:
+        info = recorded[stage]
         reused = f" (reused from {info['reused_from']})" if info.get("reused_from") else ""
         out.append(f"  {stage:<9} {info.get('seconds', 0):8.1f}s{reused}")
     try:
@@ -445,5 +447,6 @@ def describe_run(workspace: str | Path, run_id: str) -> str:
         out.append(f"gate metric: unavailable ({exc})")
     history = [e for e in promotions(workspace) if e.get("run_id") == run.id]
     for e in history:
-        out.append(f"{e.get('at')}: {e.get('action')} ({e.get('reason', '')})".rstrip(" ()"))
+        reason = f" ({e['reason']})" if e.get("reason") else ""
+        out.append(f"{e.get('at')}: {e.get('action')}{reason}")
     return "\n".join(out)
