@@ -83,8 +83,10 @@ def main() -> None:
             "promote.tolerance=1",
         )
     )
-    shutil.rmtree(root / "ws", ignore_errors=True)
-    lock = [locked_out(config) for _ in range(3)]
+    lock = []
+    for _ in range(3):
+        shutil.rmtree(root / "ws", ignore_errors=True)  # so the first run has work to do
+        lock.append(locked_out(config))
     probe.append(speed_probe())
     firsts = [p[0]["wall_s"] for p in pairs]
     seconds = [p[1]["wall_s"] for p in pairs]

@@ -26,11 +26,12 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-import polars as pl
+from typing import TYPE_CHECKING, Any
 
 from gbrank.errors import ConfigError, WorkspaceIOError
+
+if TYPE_CHECKING:  # polars is imported by the writers' callers; the CLI starts faster without
+    import polars as pl
 
 TABLE_SUFFIXES = (".parquet", ".pq", ".csv")
 

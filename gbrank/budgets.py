@@ -22,12 +22,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import polars as pl
+from typing import TYPE_CHECKING, Any
 
 from gbrank import columns as C
 from gbrank.errors import ConfigError
+
+if TYPE_CHECKING:  # imported where used: the config (and so the CLI) loads without polars
+    import polars as pl
 
 AUTO = "auto"
 BUDGET_KEYS = ("n", "n_max", "n_min", "min_positive_rate", "block")
@@ -75,6 +76,8 @@ def positive_rate_by_block(
     candidates: pl.DataFrame, positives: pl.DataFrame, block: int
 ) -> pl.DataFrame:
     """Per block of ranks (1..block, block+1..2*block, ...): candidates, positives, rate."""
+    import polars as pl
+
     flagged = candidates.join(
         positives.select(C.USER, C.ITEM).unique().with_columns(pl.lit(1).alias("_pos")),
         on=[C.USER, C.ITEM],
@@ -104,11 +107,15 @@ def choose_n(candidates: pl.DataFrame, positives: pl.DataFrame, budget: Budget) 
 
 
 def truncate(candidates: pl.DataFrame, n: int) -> pl.DataFrame:
+    import polars as pl
+
     return candidates.filter(pl.col(C.RANK) <= n)
 
 
 def cap_per_user(union: pl.DataFrame, sources: Sequence[str], cap: int) -> pl.DataFrame:
     """Keep each user's ``cap`` best candidates (best rank over sources, then more sources)."""
+    import polars as pl
+
     if cap <= 0:
         return union
     best = pl.min_horizontal([pl.col(C.rank_col(s)) for s in sources])

@@ -16,7 +16,7 @@ import typer
 
 from gbrank import __version__
 from gbrank.atomic import check_table_suffix, io_error, wrapped_os_error
-from gbrank.config import DEFAULT_CONFIG_FILE, Config, dump_toml, load_config
+from gbrank.config import DEFAULT_CONFIG_FILE, Config, dump_toml, load_config, workspace_of
 from gbrank.errors import EXIT_INTERNAL, EXIT_IO, GbrankError, GbrankWarning
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -506,14 +506,23 @@ def run_(
     """Every stage (reusing what is still valid), the evaluation, then promotion to `current`
     if the run does not regress against the champion (exit 3 when refused). For cron."""
     from gbrank.errors import PromotionRefused
-    from gbrank.runner import run_pipeline
+    from gbrank.runs import WorkspaceLock
 
-    cfg = resolve_config(config, set_, workspace, events)
-    try:
-        result = run_pipeline(cfg)
-    except PromotionRefused as exc:
-        _print_run(exc.result)
-        raise
+    # The lock first, before the config is checked (which imports the ML libraries): a second
+    # run on the workspace exits 75 at once.
+    path = config
+    if path is None and Path(DEFAULT_CONFIG_FILE).exists():
+        path = Path(DEFAULT_CONFIG_FILE)
+    ws = workspace if workspace is not None else Path(workspace_of(path, set_ or []))
+    with WorkspaceLock(ws, "run"):
+        from gbrank.runner import run_pipeline
+
+        cfg = resolve_config(config, set_, workspace, events)
+        try:
+            result = run_pipeline(cfg)
+        except PromotionRefused as exc:
+            _print_run(exc.result)
+            raise
     _print_run(result)
 
 

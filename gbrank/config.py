@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import hashlib
@@ -617,6 +618,21 @@ def load_config(path: str | Path | None, overrides: typing.Iterable[str] = ()) -
     data = apply_overrides(_merge(base, data), overrides)
     cfg = _build(Config, data, "")
     return validate(cfg)
+
+
+def workspace_of(path: str | Path | None, overrides: typing.Iterable[str] = ()) -> str:
+    """``run.workspace`` from the file and the overrides alone, without validating the rest
+    (which imports the libraries that check parameters): for taking the lock first."""
+    data: dict[str, Any] = {}
+    if path is not None and Path(path).exists():
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except tomllib.TOMLDecodeError:
+            data = {}
+    with contextlib.suppress(ConfigError):
+        data = apply_overrides(data, overrides)
+    value = data.get("run", {}).get("workspace", RunConfig.workspace)
+    return value if isinstance(value, str) else RunConfig.workspace
 
 
 def dump_toml(cfg: Config) -> str:

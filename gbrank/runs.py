@@ -519,7 +519,7 @@ def run_folder(workspace: str | Path, run_id: str) -> Run:
 
 # --------------------------------------------------------------------------- the lock
 
-_held: dict[str, list[Any]] = {}  # resolved lock path -> [fd, depth]: re-entrant per process
+_held: dict[str, list[Any]] = {}  # lock path -> [fd, depth, recovered, removed] (re-entrant)
 
 
 class WorkspaceLock:
@@ -548,7 +548,9 @@ class WorkspaceLock:
             path = self.workspace / LOCK
             self._key = str(path.resolve())
             if self._key in _held:
-                _held[self._key][1] += 1
+                entry = _held[self._key]
+                entry[1] += 1
+                self.recovered, self.removed = entry[2], entry[3]
                 return self
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
@@ -579,8 +581,8 @@ class WorkspaceLock:
         }
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
-        _held[self._key] = [fd, 1]
         self.removed = remove_temporary_files(self.workspace)
+        _held[self._key] = [fd, 1, self.recovered, self.removed]
         return self
 
     def __exit__(self, *exc: object) -> None:
