@@ -17,7 +17,7 @@ import typer
 from gbrank import __version__
 from gbrank.atomic import check_table_suffix, io_error, wrapped_os_error
 from gbrank.config import DEFAULT_CONFIG_FILE, Config, dump_toml, load_config, workspace_of
-from gbrank.errors import EXIT_INTERNAL, EXIT_IO, GbrankError, GbrankWarning
+from gbrank.errors import EXIT_INTERNAL, EXIT_IO, ConfigError, GbrankError, GbrankWarning
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -413,8 +413,32 @@ def train(config: ConfigOpt = None, set_: SetOpt = None, workspace: WorkspaceOpt
 
 @app.command("eval")
 @handle_errors
-def eval_(config: ConfigOpt = None, set_: SetOpt = None, workspace: WorkspaceOpt = None) -> None:
-    """Stage 4: metrics of every head, blend and source on the eval fold; writes metrics.json."""
+def eval_(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    workspace: WorkspaceOpt = None,
+    folds: Annotated[
+        int,
+        typer.Option(
+            "--folds",
+            help="Time-series CV: the whole pipeline on N consecutive eval folds, then each "
+            "metric's mean and spread (each fold a run of its own, cached).",
+            min=1,
+        ),
+    ] = 1,
+) -> None:
+    """Stage 4: metrics of every head, blend and source on the eval fold, with bootstrap
+    intervals; writes metrics.json and the report (report.html, report.md)."""
+    if folds > 1:
+        from gbrank.runner import cross_validate
+
+        cv = cross_validate(resolve_config(config, set_, workspace), folds)
+        _echo("folds (eval as_of): " + ", ".join(cv.as_of))
+        for target in cv.summary["target"].unique(maintain_order=True).to_list():
+            _echo(cv.table(target))
+            _echo("")
+        _echo("runs: " + ", ".join(run.id for run in cv.runs))
+        return
     from gbrank import pipeline
 
     result = pipeline.evaluate(resolve_config(config, set_, workspace))
@@ -425,6 +449,7 @@ def eval_(config: ConfigOpt = None, set_: SetOpt = None, workspace: WorkspaceOpt
     if heads:
         _echo(heads + "\n")
     _echo(f"metrics: {result.run.file('metrics.json')}")
+    _echo(f"report:  {result.run.file('report.html')} (and report.md)")
 
 
 @app.command()
@@ -436,6 +461,14 @@ def recommend(
         Path | None,
         typer.Option("--users", help="File of user ids (column user_id, or the first column)."),
     ] = None,
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="table (user_id, item_id, score, rank), otto (session_type, labels) or hm "
+            "(customer_id, prediction): the competitions' submission CSVs.",
+        ),
+    ] = "table",
     run: Annotated[
         str | None,
         typer.Option(
@@ -452,6 +485,10 @@ def recommend(
     from gbrank import pipeline
 
     check_table_suffix(out, "--out")  # a usage error (exit 2) before any work
+    if fmt not in ("table", "otto", "hm"):
+        raise ConfigError(f"--format must be table, otto or hm, got {fmt!r}")
+    if fmt != "table" and out.suffix.lower() != ".csv":
+        raise ConfigError(f"--format {fmt} writes a submission CSV: name the file .csv, not {out}")
     if run is not None:
         from gbrank.runner import resolve_run, run_config
 
@@ -459,10 +496,10 @@ def recommend(
             workspace if workspace is not None else Path(resolve_config(config, set_).run.workspace)
         )
         cfg = run_config(resolve_run(ws, run))
-        result = pipeline.write_recommendations(cfg, k, out, users, check_inputs=False)
+        result = pipeline.write_recommendations(cfg, k, out, users, check_inputs=False, fmt=fmt)
     else:
         cfg = resolve_config(config, set_, workspace)
-        result = pipeline.write_recommendations(cfg, k, out, users)
+        result = pipeline.write_recommendations(cfg, k, out, users, fmt=fmt)
     _echo(
         f"wrote {result.rows:,} rows for {result.n_users:,} users "
         f"({result.n_cold:,} cold, served by popularity) to {result.path}"
@@ -492,6 +529,7 @@ def quickstart(
     _echo(f"config:    {result.config_path}")
     _echo(f"run:       {result.eval.run.path}")
     _echo(f"metrics:   {result.eval.run.file('metrics.json')}")
+    _echo(f"report:    {result.eval.run.file('report.html')}")
     _echo(f"next: gbrank recommend --config {result.config_path} --k 20 --out recs.csv")
 
 

@@ -281,6 +281,11 @@ class EvalConfig:
     # (the trees compiled to native code: about 5x faster, compiled in about 5 s per 100 trees)
     # or "auto" (lleaves when it is installed and a stage scores at least 1M rows).
     predictor: str = "auto"
+    # Bootstrap resamples of the users for the metrics' confidence intervals (0: none).
+    bootstrap: int = 200
+    # On a synthetic shop (a truth/ folder beside the events), also score the oracle: the true
+    # expected purchases, the ceiling of any model.
+    oracle: bool = True
 
 
 @dataclass

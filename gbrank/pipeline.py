@@ -46,6 +46,14 @@ from gbrank.data.split import (
 )
 from gbrank.data.vocab import Vocab
 from gbrank.errors import ConfigError, DataError, MissingInputError, warn
+from gbrank.evaluation import (
+    CurveCounter,
+    ScoreSampler,
+    breakdowns,
+    by_k_curves,
+    interval_rows,
+    oracle_lists,
+)
 from gbrank.executor import LocalExecutor, TableWriter
 from gbrank.features.builders import FeatureBuilder, feature_columns
 from gbrank.features.families.source import put_percentiles, sample_percentiles
@@ -68,6 +76,7 @@ from gbrank.rankers.sampling import (
     sample_keys,
 )
 from gbrank.rankers.sampling import validation_mask as _validation_mask
+from gbrank.report import write_report
 from gbrank.runs import (
     Run,
     Verified,
@@ -986,6 +995,9 @@ def evaluate(cfg: Config) -> EvalResult:
     specs = {head.name: head for head in configured_heads(cfg)}
     binary = {name: head for name, head in specs.items() if head.kind == "binary"}
     probs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {name: [] for name in binary}
+    budgets: dict[str, int] = _read_json(verified, "candidates/budgets.json")
+    curves = CurveCounter(cfg.candidates.sources, cfg.eval.targets, budgets)
+    sampler = ScoreSampler(scored_models, n_rows)
 
     def lists_of(frame: pl.DataFrame) -> dict[str, pl.DataFrame]:
         """Each model's top-K lists of one batch of whole users: top-K sorts only the keys and
@@ -997,6 +1009,8 @@ def evaluate(cfg: Config) -> EvalResult:
         users = frame[C.USER].to_numpy()
         for name in blend_names(cfg.train.heads, cfg.blend.weights):
             scores[name] = model_scores(name, scores, users, cfg.blend.weights)
+        curves.add(frame)
+        sampler.add(frame, scores)
         scored = frame.select(C.USER, C.ITEM, *rank_cols).with_columns(
             pl.Series(f"_{name}", scores[name]) for name in scored_models
         )
@@ -1011,21 +1025,66 @@ def evaluate(cfg: Config) -> EvalResult:
         for model, frame in batch_lists.items():
             parts[model].append(frame)
     lists = {model: _concat_lists(frames) for model, frames in parts.items()}
+    data = _load_run_data(verified)
+    fold = data.folds["eval"]
+    relevant = {target: relevant_items(labels, target) for target in cfg.eval.targets}
+    if cfg.eval.oracle:
+        oracle = oracle_lists(
+            cfg.data.events,
+            fold.as_of,
+            cfg.folds.horizon_days,
+            labels.select(C.USER).unique().sort(C.USER),
+            data.users,
+            data.items,
+            k_max,
+        )
+        if oracle is not None:
+            lists["oracle"] = oracle
     rows: list[dict[str, Any]] = []
     users: dict[str, int] = {}
+    reports = {}
     for target in cfg.eval.targets:
-        relevant = relevant_items(labels, target)
         for model, recs in lists.items():
-            report = ranking_metrics(recs, relevant, ks=cfg.eval.ks)
+            report = ranking_metrics(recs, relevant[target], ks=cfg.eval.ks)
+            reports[(model, target)] = report
             rows.extend(metrics_rows(report, model, target))
             users[target] = report.n_users
+    if cfg.eval.bootstrap:
+        interval_rows(rows, reports, n_boot=cfg.eval.bootstrap, seed=cfg.run.seed)
     for name, head in binary.items():
         p = np.concatenate([a for a, _ in probs[name]]) if probs[name] else np.zeros(0)
         y = np.concatenate([b for _, b in probs[name]]) if probs[name] else np.zeros(0)
         rows.extend(binary_rows(name, head.target, p, y))
     metrics = pl.DataFrame(rows)
+    served = cfg.blend.serve if cfg.blend.serve in scored_models else scored_models[0]
+    k0 = cfg.eval.ks[0]
+    target = cfg.promote.target
+    best_source = max(
+        cfg.candidates.sources,
+        key=lambda s: np.nan_to_num(reports[(s, target)].value("ndcg", k0), nan=-1.0),
+    )
+    report_data = {
+        "run_id": run.id,
+        "served": served,
+        "best_source": best_source,
+        "models": scored_models,
+        "sources": list(cfg.candidates.sources),
+        "targets": list(cfg.eval.targets),
+        "ks": list(cfg.eval.ks),
+        "users": users,
+        "as_of": str(fold.as_of),
+        "recall_curves": curves.curves({t: relevant[t].unique().height for t in relevant}),
+        "by_k": by_k_curves(lists, relevant, k_max),
+        "breakdowns": breakdowns(
+            reports, lists, relevant, history(data.events, fold), [served, best_source], k0
+        ),
+        "scores": sampler.histograms(),
+        "importance": _read_json(verified, "models/importance.json"),
+        "bootstrap": cfg.eval.bootstrap,
+    }
     run.begin_stage("eval")
     atomic_write_json(rows, run.file("metrics.json"))
+    outputs = ["metrics.json", *write_report(run, report_data, rows)]
     predictor = predictors[cfg.train.heads[0]]
     run.record_stage(
         "eval", time.perf_counter() - t0, users=users, predictor=predictor, predictors=predictors
@@ -1034,7 +1093,7 @@ def evaluate(cfg: Config) -> EvalResult:
         "eval",
         config_hash=stage_config_hash(cfg, "eval"),
         inputs=verified.hashes(),
-        outputs=["metrics.json"],
+        outputs=outputs,
     )
     write_manifest(cfg, run, verified.records["generate"]["data_fingerprint"])
     return EvalResult(run, metrics, users)
@@ -1347,6 +1406,38 @@ def recommend(
     return RecommendResult(recs, rec.n_users, rec.cold_raw.len(), recs.height)
 
 
+#: ``recommend --format``: the plain table, or a competition's submission file.
+FORMATS = ("table", "otto", "hm")
+OTTO_TYPES = ("clicks", "carts", "orders")
+
+
+def submission_rows(recs: pl.DataFrame, fmt: str) -> pl.DataFrame:
+    """One batch of ``user_id, item_id, score, rank`` (whole users) as submission rows.
+
+    ``otto``: ``session_type, labels``: a row per session and type (``<session>_clicks``,
+    ``_carts``, ``_orders``), each with the served list, item ids joined by spaces.
+    ``hm``: ``customer_id, prediction``: article ids joined by spaces; integer ids are written
+    with the ten digits of H&M's article ids (leading zeros).
+    """
+    items = pl.col(C.RAW_ITEM)
+    if fmt == "hm" and recs.schema[C.RAW_ITEM].is_integer():
+        items = items.cast(pl.String).str.zfill(10)
+    lists = (
+        recs.sort(C.RAW_USER, C.RANK)
+        .group_by(C.RAW_USER, maintain_order=True)
+        .agg(items.cast(pl.String).str.join(" ").alias("labels"))
+    )
+    if fmt == "hm":
+        return lists.select(
+            pl.col(C.RAW_USER).cast(pl.String).alias("customer_id"),
+            pl.col("labels").alias("prediction"),
+        )
+    kinds = pl.DataFrame({"_type": list(OTTO_TYPES)})
+    return lists.join(kinds, how="cross").select(
+        pl.format("{}_{}", pl.col(C.RAW_USER), pl.col("_type")).alias("session_type"), "labels"
+    )
+
+
 def write_recommendations(
     cfg: Config,
     k: int,
@@ -1354,6 +1445,7 @@ def write_recommendations(
     users_file: str | Path | None = None,
     *,
     check_inputs: bool = True,
+    fmt: str = "table",
 ) -> RecommendResult:
     """Top-``k`` items per user, written to ``out`` (.parquet or .csv) batch by batch as they
     are made; the file appears under its name only when complete."""
@@ -1361,9 +1453,18 @@ def write_recommendations(
 
     path = Path(out)
     check_table_suffix(path)
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
+    if fmt != "table" and path.suffix.lower() != ".csv":
+        raise ConfigError(f"--format {fmt} writes a submission CSV: name the file .csv, not {path}")
     rec = Recommender(cfg, k, users_file, check_inputs=check_inputs)
+    batches: Iterator[pl.DataFrame] = rec.batches()
+    empty: Callable[[], pl.DataFrame] = rec.empty
+    if fmt != "table":
+        batches = (submission_rows(batch, fmt) for batch in batches)
+        empty = functools.partial(submission_rows, rec.empty(), fmt)
     with TableWriter(path) as writer:
-        writer.write_all(rec.batches(), empty=rec.empty)
+        writer.write_all(batches, empty=empty)
     rows = writer.rows
     empty = pl.DataFrame()
     return RecommendResult(empty, rec.n_users, rec.cold_raw.len(), rows, path)

@@ -31,6 +31,7 @@ Example (a tiny shop; about 10 s):
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -44,6 +45,7 @@ from gbrank import columns as C
 from gbrank import pipeline
 from gbrank.config import Config, load_config
 from gbrank.errors import (
+    ConfigError,
     DamagedArtifactError,
     GbrankError,
     MissingInputError,
@@ -450,3 +452,83 @@ def describe_run(workspace: str | Path, run_id: str) -> str:
         reason = f" ({e['reason']})" if e.get("reason") else ""
         out.append(f"{e.get('at')}: {e.get('action')}{reason}")
     return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- cross-validation
+
+
+@dataclass
+class CVResult:
+    """Each fold's metrics and their mean and spread (sample standard deviation)."""
+
+    runs: list[Run]
+    as_of: list[str]
+    summary: pl.DataFrame  # model, target, metric, k, mean, std, folds
+
+    def table(self, target: str, names: tuple[str, ...] = ("recall", "ndcg", "map")) -> str:
+        sub = self.summary.filter((pl.col("target") == target) & pl.col("metric").is_in(names))
+        ks = sorted(sub["k"].unique().to_list())
+        cols = [(m, k) for k in ks for m in names]
+        models = sub["model"].unique(maintain_order=True).to_list()
+        look = {(r["model"], r["metric"], r["k"]): r for r in sub.to_dicts()}
+        width = max(len(m) for m in models) + 2
+        head = "model".ljust(width) + "".join(f"{m}@{k}".rjust(18) for m, k in cols)
+        lines = [
+            f"target: {target} (mean ± std over {len(self.runs)} folds)",
+            head,
+            "-" * len(head),
+        ]
+        for model in models:
+            cells = []
+            for m, k in cols:
+                r = look.get((model, m, k))
+                cells.append((f"{r['mean']:.4f} ± {r['std']:.4f}" if r else "").rjust(18))
+            lines.append(model.ljust(width) + "".join(cells))
+        return "\n".join(lines)
+
+
+def cross_validate(cfg: Config, n_folds: int) -> CVResult:
+    """Kaggle-style time-series CV: the whole pipeline on ``n_folds`` consecutive eval folds
+    (``data.split.rolling_folds``: the last is the default eval fold, each earlier one a
+    horizon before), each a run of its own through the stage cache (no promotion), then each
+    metric's mean and spread over the folds."""
+    import json
+    from datetime import datetime
+
+    from gbrank.data.split import rolling_folds
+
+    if n_folds < 2:
+        raise ConfigError(f"--folds needs at least 2 folds, got {n_folds}")
+    workspace = Path(cfg.run.workspace)
+    with WorkspaceLock(workspace, "eval --folds"):
+        last = run_pipeline(cfg, command="eval --folds", gate=False).run
+        folds = json.loads(last.file("folds.json").read_text())
+        end = datetime.fromisoformat(folds["inference"]["as_of"])
+        horizon = cfg.folds.horizon_days
+        planned = rolling_folds(end, horizon, n_folds)
+        runs, as_of = [], []
+        for fold in planned[:-1]:
+            fold_cfg = copy.deepcopy(cfg)
+            fold_cfg.folds.as_of = fold.as_of.isoformat()
+            fold_cfg.run.run_id = (
+                f"{cfg.run.run_id}-cv{fold.as_of:%Y%m%d%H}" if cfg.run.run_id else ""
+            )
+            runs.append(run_pipeline(fold_cfg, command="eval --folds", gate=False).run)
+            as_of.append(fold.as_of.isoformat())
+        runs.append(last)
+        as_of.append(planned[-1].as_of.isoformat())
+    frames = [
+        pl.DataFrame(run_metrics(run)).with_columns(pl.lit(i).alias("fold"))
+        for i, run in enumerate(runs)
+    ]
+    ranking = pl.concat(frames, how="diagonal_relaxed").filter(pl.col("k").is_not_null())
+    summary = (
+        ranking.group_by("model", "target", "metric", "k", maintain_order=True)
+        .agg(
+            pl.col("value").mean().alias("mean"),
+            pl.col("value").std().alias("std"),
+            pl.len().alias("folds"),
+        )
+        .filter(~pl.col("metric").str.starts_with("calibration"))
+    )
+    return CVResult(runs, as_of, summary)
