@@ -284,8 +284,9 @@ class EvalConfig:
     # Bootstrap resamples of the users for the metrics' confidence intervals (0: none).
     bootstrap: int = 200
     # On a synthetic shop (a truth/ folder beside the events), also score the oracle: the true
-    # expected purchases, the ceiling of any model.
-    oracle: bool = True
+    # expected purchases, the ceiling of any model. "auto": when eval users x items is at most
+    # 2e8 (its cost is one dense score per user and item); "always"; "never".
+    oracle: str = "auto"
 
 
 @dataclass
@@ -472,6 +473,10 @@ def validate(cfg: Config) -> Config:
         )
     if cfg.eval.users < 0:
         raise ConfigError(f"eval.users must be 0 (every user) or positive, got {cfg.eval.users}")
+    if cfg.eval.oracle not in ("auto", "always", "never"):
+        raise ConfigError(f"eval.oracle must be auto, always or never, got {cfg.eval.oracle!r}")
+    if cfg.eval.bootstrap < 0:
+        raise ConfigError("eval.bootstrap must be 0 (no intervals) or more resamples")
     if cfg.eval.batch_rows < 1:
         raise ConfigError("eval.batch_rows must be at least 1")
     if cfg.folds.horizon_days < 1:

@@ -27,6 +27,7 @@ __all__ = [
     "RankingReport",
     "auc",
     "bootstrap_intervals",
+    "bootstrap_weights",
     "calibration_table",
     "candidate_recall",
     "coverage",
@@ -395,6 +396,7 @@ def bootstrap_intervals(
     n_boot: int = 200,
     level: float = 0.95,
     seed: int = 0,
+    weights: np.ndarray | None = None,
 ) -> pl.DataFrame:
     """Percentile bootstrap intervals of each metric's mean over users.
 
@@ -406,10 +408,10 @@ def bootstrap_intervals(
     """
     metrics = [c for c in per_user.columns if c not in (_K, USER)]
     rows = []
-    rng = np.random.default_rng(seed)
     users = per_user.filter(pl.col(_K) == per_user[_K].min())[USER] if per_user.height else None
     n = 0 if users is None else users.len()
-    weights = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64) if n else None
+    if weights is None and n:
+        weights = bootstrap_weights(n, n_boot, seed)
     for (k,), group in per_user.group_by(_K, maintain_order=True):
         values = group.sort(USER).select(metrics).to_numpy()
         means = weights @ values / n  # (n_boot, metrics)
@@ -422,6 +424,12 @@ def bootstrap_intervals(
         rows,
         schema={"metric": pl.String, "k": pl.Int64, "ci_low": pl.Float64, "ci_high": pl.Float64},
     )
+
+
+def bootstrap_weights(n: int, n_boot: int = 200, seed: int = 0) -> np.ndarray:
+    """``n_boot`` resamples of ``n`` users with replacement, as counts per user."""
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)
 
 
 def metrics_rows(report: RankingReport, model: str, target: str) -> list[dict]:

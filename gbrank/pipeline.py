@@ -47,6 +47,7 @@ from gbrank.data.split import (
 from gbrank.data.vocab import Vocab
 from gbrank.errors import ConfigError, DataError, MissingInputError, warn
 from gbrank.evaluation import (
+    ORACLE_MAX_CELLS,
     CurveCounter,
     ScoreSampler,
     breakdowns,
@@ -1028,7 +1029,9 @@ def evaluate(cfg: Config) -> EvalResult:
     data = _load_run_data(verified)
     fold = data.folds["eval"]
     relevant = {target: relevant_items(labels, target) for target in cfg.eval.targets}
-    if cfg.eval.oracle:
+    eval_users = labels.select(C.USER).unique().height
+    small = eval_users * len(data.items) <= ORACLE_MAX_CELLS
+    if cfg.eval.oracle == "always" or (cfg.eval.oracle == "auto" and small):
         oracle = oracle_lists(
             cfg.data.events,
             fold.as_of,
