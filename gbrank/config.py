@@ -285,7 +285,7 @@ class EvalConfig:
     bootstrap: int = 200
     # On a synthetic shop (a truth/ folder beside the events), also score the oracle: the true
     # expected purchases, the ceiling of any model. "auto": when eval users x items is at most
-    # 2e8 (its cost is one dense score per user and item); "always"; "never".
+    # 2e7 (its cost is one dense score per user and item); "always"; "never".
     oracle: str = "auto"
 
 

@@ -225,8 +225,9 @@ def breakdowns(
 
 
 #: ``eval.oracle = "auto"`` scores the oracle when users x items is at most this (its cost is
-#: one dense score per user and item: about 5 s for 20,000 x 5,000 on 2 cores).
-ORACLE_MAX_CELLS = 200_000_000
+#: one dense score per user and item: about 4 s for 9,100 x 5,000 on 2 cores, so the
+#: 1M-event shop skips it and quickstart's shop, 4,600 x 3,000, has it).
+ORACLE_MAX_CELLS = 20_000_000
 
 
 def oracle_lists(
