@@ -102,10 +102,15 @@ def test_run_folder_is_complete(done: tuple[Config, dict]) -> None:
 def test_metrics_rows_and_two_stage_beats_popularity(done: tuple[Config, dict]) -> None:
     cfg, results = done
     rows = json.loads(results["eval"].run.file("metrics.json").read_text())
-    assert all(set(r) == {"model", "target", "metric", "k", "value"} for r in rows)
+    base = {"model", "target", "metric", "k", "value"}
+    assert all(set(r) in (base, base | {"ci_low", "ci_high"}) for r in rows)
+    ranking = [r for r in rows if r["k"] is not None and not r["metric"].startswith("calib")]
+    assert all(
+        r["ci_low"] <= r["value"] <= r["ci_high"] for r in ranking if r["value"] == r["value"]
+    )
     metrics = results["eval"].metrics
     models = set(metrics["model"])
-    assert models == {"ranker", *cfg.candidates.sources}
+    assert models == {"ranker", *cfg.candidates.sources, "oracle"}  # a synthetic shop
     for target in ("click", "purchase"):
         ranker = metric(metrics, "ranker", target, "ndcg", 10)
         popularity = metric(metrics, "popularity", target, "ndcg", 10)
@@ -281,7 +286,7 @@ def test_every_head_and_blend_is_evaluated(
     cfg, trained, result = heads_run
     metrics = result.metrics
     models = set(metrics["model"])
-    assert models == {*HEADS, "ctr_cvr", "mix", "alone", *cfg.candidates.sources}
+    assert models == {*HEADS, "ctr_cvr", "mix", "alone", *cfg.candidates.sources, "oracle"}
     for model in [*HEADS, "ctr_cvr", "mix"]:
         for target in ("click", "purchase"):
             best_source = max(
