@@ -410,7 +410,9 @@ class Run:
             _link_or_copy(source.file(relative), self.file(relative))
         info = dict(source.progress().get(stage, {}))
         made = info.pop("seconds", None)
-        info.pop("finished", None)
+        made = info.pop("seconds_when_made", None) or made  # the source reused it too
+        for key in ("finished", "reused_from"):
+            info.pop(key, None)
         self.record_stage(stage, 0.0, **info, seconds_when_made=made, reused_from=source.id)
         record = {**record, "finished": time.time(), "reused_from": source.id}
         atomic_write_json(record, self._record_file(stage))

@@ -115,6 +115,17 @@ def test_one_parameter_reruns_only_what_reads_it(
     changed.run.check_complete()
 
 
+def test_a_stage_reused_from_a_run_that_reused_it(tmp_path: Path, events: Path) -> None:
+    ws = tmp_path / "ws"
+    first = run_pipeline(make_cfg(ws, events, "promote.tolerance=1"))
+    second = run_pipeline(make_cfg(ws, events, "train.num_boost_round=5", "promote.tolerance=1"))
+    third = run_pipeline(make_cfg(ws, events, "train.num_boost_round=6", "promote.tolerance=1"))
+    assert hows(second)[:2] == hows(third)[:2] == ["reused", "reused"]
+    made = first.run.progress()["generate"]["seconds"]
+    assert third.run.progress()["generate"]["seconds_when_made"] == made
+    third.run.check_complete()
+
+
 def test_regressed_model_is_not_promoted_and_the_runs_commands(
     tmp_path: Path, events: Path
 ) -> None:
