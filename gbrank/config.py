@@ -283,6 +283,8 @@ class EvalConfig:
     predictor: str = "auto"
     # Bootstrap resamples of the users for the metrics' confidence intervals (0: none).
     bootstrap: int = 200
+    # Write report.html and report.md (matplotlib plots; about 1-2 s).
+    report: bool = True
     # On a synthetic shop (a truth/ folder beside the events), also score the oracle: the true
     # expected purchases, the ceiling of any model. "auto": when eval users x items is at most
     # 2e7 (its cost is one dense score per user and item); "always"; "never".

@@ -1059,6 +1059,58 @@ def evaluate(cfg: Config) -> EvalResult:
         y = np.concatenate([b for _, b in probs[name]]) if probs[name] else np.zeros(0)
         rows.extend(binary_rows(name, head.target, p, y))
     metrics = pl.DataFrame(rows)
+    report_data = (
+        _report_data(
+            cfg,
+            run,
+            verified,
+            scored_models,
+            reports,
+            lists,
+            relevant,
+            users,
+            curves,
+            sampler,
+            data,
+        )
+        if cfg.eval.report
+        else None
+    )
+    run.begin_stage("eval")
+    atomic_write_json(rows, run.file("metrics.json"))
+    outputs = ["metrics.json"]
+    if report_data is not None:
+        outputs += write_report(run, report_data, rows)
+    predictor = predictors[cfg.train.heads[0]]
+    run.record_stage(
+        "eval", time.perf_counter() - t0, users=users, predictor=predictor, predictors=predictors
+    )
+    run.finish_stage(
+        "eval",
+        config_hash=stage_config_hash(cfg, "eval"),
+        inputs=verified.hashes(),
+        outputs=outputs,
+    )
+    write_manifest(cfg, run, verified.records["generate"]["data_fingerprint"])
+    return EvalResult(run, metrics, users)
+
+
+def _report_data(
+    cfg: Config,
+    run: Run,
+    verified: Verified,
+    scored_models: list[str],
+    reports: dict[tuple[str, str], Any],
+    lists: dict[str, pl.DataFrame],
+    relevant: dict[str, pl.DataFrame],
+    users: dict[str, int],
+    curves: CurveCounter,
+    sampler: ScoreSampler,
+    data: RunData,
+) -> dict[str, Any]:
+    """What the eval report draws (``report/data.json``): see ``gbrank.evaluation``."""
+    fold = data.folds["eval"]
+    k_max = max(cfg.eval.ks)
     served = cfg.blend.serve if cfg.blend.serve in scored_models else scored_models[0]
     k0 = cfg.eval.ks[0]
     target = cfg.promote.target
@@ -1066,7 +1118,7 @@ def evaluate(cfg: Config) -> EvalResult:
         cfg.candidates.sources,
         key=lambda s: np.nan_to_num(reports[(s, target)].value("ndcg", k0), nan=-1.0),
     )
-    report_data = {
+    return {
         "run_id": run.id,
         "served": served,
         "best_source": best_source,
@@ -1085,21 +1137,6 @@ def evaluate(cfg: Config) -> EvalResult:
         "importance": _read_json(verified, "models/importance.json"),
         "bootstrap": cfg.eval.bootstrap,
     }
-    run.begin_stage("eval")
-    atomic_write_json(rows, run.file("metrics.json"))
-    outputs = ["metrics.json", *write_report(run, report_data, rows)]
-    predictor = predictors[cfg.train.heads[0]]
-    run.record_stage(
-        "eval", time.perf_counter() - t0, users=users, predictor=predictor, predictors=predictors
-    )
-    run.finish_stage(
-        "eval",
-        config_hash=stage_config_hash(cfg, "eval"),
-        inputs=verified.hashes(),
-        outputs=outputs,
-    )
-    write_manifest(cfg, run, verified.records["generate"]["data_fingerprint"])
-    return EvalResult(run, metrics, users)
 
 
 def thread_settings(cfg: Config) -> dict[str, Any]:

@@ -28,6 +28,7 @@ def test_kill_9_at_50_points(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.delenv("GBRANK_FAULT_TRACE")
     references = {"weak": weak, "strong": faults.reference(config, faults.STRONG, tmp_path / "ref")}
     assert max_point > 100
+    assert "report.html" not in weak[1]["eval"]  # eval.report = false: metrics.json alone
 
     workspaces = [tmp_path / f"ws{i}" for i in range(2)]
     for ws in workspaces:
