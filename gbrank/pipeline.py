@@ -1190,6 +1190,7 @@ def _concat_lists(frames: list[pl.DataFrame]) -> pl.DataFrame:
 #: With eval.predictor = "auto", a model is compiled when a stage scores at least this many
 #: rows; below that, compiling (about 5 s per 100 trees) costs more than it saves.
 COMPILE_MIN_ROWS = 1_000_000
+COMPILED_CACHE = "compiled"  # <workspace>/compiled/<key>.o: lleaves objects, see LightGBMRanker
 
 
 def prepare_scoring(ranker: Ranker, cfg: Config, rows: int) -> str:
@@ -1214,7 +1215,9 @@ def prepare_scoring(ranker: Ranker, cfg: Config, rows: int) -> str:
             )
         return own
     try:
-        ranker.compile()
+        # Compiled code is kept in the workspace, keyed by the model: serving the same
+        # champion again (the daily `recommend --run current`) loads it instead of compiling.
+        ranker.compile(cache_dir=Path(cfg.run.workspace) / COMPILED_CACHE)
     except Exception as exc:  # LLVM failures are not ours to crash on when "auto" chose it
         if choice == "lleaves":
             raise

@@ -147,3 +147,44 @@ def test_compile_without_lleaves_raises_import_error(monkeypatch: pytest.MonkeyP
     assert not compiler_available()
     with pytest.raises(ImportError):
         ranker.compile()
+
+
+def test_compiled_code_is_cached_by_model_and_a_damaged_object_is_not_loaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lleaves
+
+    ranker = LightGBMRanker(num_boost_round=30, early_stopping_rounds=0)
+    ranker.fit(ranking_frame(0), ["f1", "f2"], C.GRADE)
+    test = ranking_frame(1, users=100)
+    expected = ranker.predict(test)
+    cache = tmp_path / "compiled"
+    ranker.compile(cache_dir=cache)
+    objects = sorted(cache.glob("*.o"))
+    assert len(objects) == 1 and objects[0].with_suffix(".json").exists()
+    np.testing.assert_allclose(ranker.predict(test), expected, rtol=0, atol=1e-12)
+
+    calls: list[object] = []
+    original = lleaves.Model.compile
+
+    def spy(self: object, cache: object = None, **kwargs: object) -> None:
+        calls.append(cache)
+        original(self, cache=cache, **kwargs)
+
+    monkeypatch.setattr(lleaves.Model, "compile", spy)
+    again = LightGBMRanker.load(ranker.save(tmp_path / "m")[0].with_suffix(""))
+    again.compile(cache_dir=cache)  # the same model: loaded from the cache
+    assert calls == [str(objects[0])]
+    np.testing.assert_allclose(again.predict(test), expected, rtol=0, atol=1e-12)
+
+    objects[0].write_bytes(objects[0].read_bytes()[:100])  # damaged: compiled again, not loaded
+    calls.clear()
+    again.compile(cache_dir=cache)
+    assert len(calls) == 1 and calls[0] != str(objects[0])
+    np.testing.assert_allclose(again.predict(test), expected, rtol=0, atol=1e-12)
+    assert sorted(cache.glob("*.o")) == objects and objects[0].stat().st_size > 100
+
+    other = LightGBMRanker(num_boost_round=31, early_stopping_rounds=0)
+    other.fit(ranking_frame(0), ["f1", "f2"], C.GRADE)
+    other.compile(cache_dir=cache)  # another model: another key
+    assert len(list(cache.glob("*.o"))) == 2

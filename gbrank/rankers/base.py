@@ -221,9 +221,10 @@ class Ranker(ABC):
     def feature_importance(self) -> pl.DataFrame:
         """``feature, gain``: total gain of each feature's splits, largest first."""
 
-    def compile(self) -> None:
-        """Compile the model for faster scoring; backends without a compiler raise
-        ImportError (callers then score with the backend itself)."""
+    def compile(self, cache_dir: Path | None = None) -> None:
+        """Compile the model for faster scoring (``cache_dir``: keep and reuse the compiled
+        code there); backends without a compiler raise ImportError (callers then score with
+        the backend itself)."""
         raise ImportError(f"no compiler for {self.backend} models")
 
     @classmethod
