@@ -1215,9 +1215,10 @@ def prepare_scoring(ranker: Ranker, cfg: Config, rows: int) -> str:
             )
         return own
     try:
-        # Compiled code is kept in the workspace, keyed by the model: serving the same
-        # champion again (the daily `recommend --run current`) loads it instead of compiling.
-        ranker.compile(cache_dir=Path(cfg.run.workspace) / COMPILED_CACHE)
+        # eval.compile_cache: compiled code kept in the workspace, keyed by the model, so
+        # serving the same champion again (a daily `recommend --run current`) loads it.
+        cache = Path(cfg.run.workspace) / COMPILED_CACHE if cfg.eval.compile_cache else None
+        ranker.compile(cache_dir=cache)
     except Exception as exc:  # LLVM failures are not ours to crash on when "auto" chose it
         if choice == "lleaves":
             raise

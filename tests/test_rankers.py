@@ -188,3 +188,24 @@ def test_compiled_code_is_cached_by_model_and_a_damaged_object_is_not_loaded(
     other.fit(ranking_frame(0), ["f1", "f2"], C.GRADE)
     other.compile(cache_dir=cache)  # another model: another key
     assert len(list(cache.glob("*.o"))) == 2
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_eval_compile_cache_decides_whether_compiled_code_is_kept(
+    tmp_path: Path, cached: bool
+) -> None:
+    from gbrank.config import load_config
+    from gbrank.pipeline import prepare_scoring
+
+    ranker = LightGBMRanker(num_boost_round=10, early_stopping_rounds=0)
+    ranker.fit(ranking_frame(0, users=50), ["f1", "f2"], C.GRADE)
+    cfg = load_config(
+        None,
+        [
+            f'run.workspace="{tmp_path}"',
+            'eval.predictor="lleaves"',
+            f"eval.compile_cache={str(cached).lower()}",
+        ],
+    )
+    assert prepare_scoring(ranker, cfg, 10) == "lleaves"
+    assert len(list((tmp_path / "compiled").glob("*.o"))) == (1 if cached else 0)
