@@ -15,9 +15,9 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from gbrank import __version__
-from gbrank.atomic import check_table_suffix, io_error, wrapped_os_error
+from gbrank.atomic import io_error, wrapped_os_error
 from gbrank.config import DEFAULT_CONFIG_FILE, Config, dump_toml, load_config, workspace_of
-from gbrank.errors import EXIT_INTERNAL, EXIT_IO, ConfigError, GbrankError, GbrankWarning
+from gbrank.errors import EXIT_INTERNAL, EXIT_IO, GbrankError, GbrankWarning
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -185,6 +185,13 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def config_path(config: Path | None) -> Path | None:
+    """``--config``, else ./gbrank.toml when it exists, else None (the defaults)."""
+    if config is None and Path(DEFAULT_CONFIG_FILE).exists():
+        return Path(DEFAULT_CONFIG_FILE)
+    return config
+
+
 def resolve_config(
     config: Path | None,
     overrides: list[str] | None,
@@ -192,9 +199,7 @@ def resolve_config(
     events: str | None = None,
 ) -> Config:
     """Config file (explicit, or ./gbrank.toml), then --set overrides, then dedicated flags."""
-    path: Path | None = config
-    if path is None and Path(DEFAULT_CONFIG_FILE).exists():
-        path = Path(DEFAULT_CONFIG_FILE)
+    path = config_path(config)
     extra = list(overrides or [])
     if workspace is not None:
         extra.append(f"run.workspace={_toml_str(str(workspace))}")
@@ -484,11 +489,7 @@ def recommend(
     """Top-K items per user at the end of the data (raw ids, score, rank)."""
     from gbrank import pipeline
 
-    check_table_suffix(out, "--out")  # a usage error (exit 2) before any work
-    if fmt not in ("table", "otto", "hm"):
-        raise ConfigError(f"--format must be table, otto or hm, got {fmt!r}")
-    if fmt != "table" and out.suffix.lower() != ".csv":
-        raise ConfigError(f"--format {fmt} writes a submission CSV: name the file .csv, not {out}")
+    pipeline.check_format(out, fmt)  # a usage error (exit 2) before any work
     if run is not None:
         from gbrank.runner import resolve_run, run_config
 
@@ -548,10 +549,7 @@ def run_(
 
     # The lock first, before the config is checked (which imports the ML libraries): a second
     # run on the workspace exits 75 at once.
-    path = config
-    if path is None and Path(DEFAULT_CONFIG_FILE).exists():
-        path = Path(DEFAULT_CONFIG_FILE)
-    ws = workspace if workspace is not None else Path(workspace_of(path, set_ or []))
+    ws = workspace if workspace is not None else Path(workspace_of(config_path(config), set_ or []))
     with WorkspaceLock(ws, "run"):
         from gbrank.runner import run_pipeline
 

@@ -116,7 +116,7 @@ def _validate_recs(recs: pl.DataFrame, name: str = "recs") -> None:
             f"{bad.height} row(s) are not, e.g. {USER}={row[USER]!r}, {ITEM}={row[ITEM]!r}, "
             f"{RANK}={row[RANK]!r}"
         )
-    if recs.height and not _has_duplicates(recs, ITEM):
+    if recs.height and not _has_duplicates(recs):
         return
     dup = recs.select(USER, ITEM).filter(pl.struct(USER, ITEM).is_duplicated())
     if dup.height:
@@ -135,7 +135,7 @@ def _validate_recs(recs: pl.DataFrame, name: str = "recs") -> None:
         )
 
 
-def _has_duplicates(recs: pl.DataFrame, other: str) -> bool:
+def _has_duplicates(recs: pl.DataFrame) -> bool:
     """Whether some (user, item) or (user, rank) pair repeats; decided on packed 64-bit keys
     when the codes fit (several times faster than hashing structs), both in one pass. Only a
     True is worth locating the rows."""

@@ -908,7 +908,7 @@ class EvalResult:
 
 def eval_result(cfg: Config, run: Run) -> EvalResult:
     """The evaluation a run recorded (metrics.json and the users counted), without scoring."""
-    rows = json.loads(run.file("metrics.json").read_text())
+    rows = run.metrics()
     users = run.progress().get("eval", {}).get("users", {})
     return EvalResult(run, pl.DataFrame(rows), {t: int(n) for t, n in users.items()})
 
@@ -1455,6 +1455,17 @@ FORMATS = ("table", "otto", "hm")
 OTTO_TYPES = ("clicks", "carts", "orders")
 
 
+def check_format(out: str | Path, fmt: str) -> None:
+    """A usage error (exit 2) for an output format or file name recommend cannot write."""
+    from gbrank.atomic import check_table_suffix
+
+    check_table_suffix(out)
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
+    if fmt != "table" and Path(out).suffix.lower() != ".csv":
+        raise ConfigError(f"--format {fmt} writes a submission CSV: name the file .csv, not {out}")
+
+
 def submission_rows(recs: pl.DataFrame, fmt: str) -> pl.DataFrame:
     """One batch of ``user_id, item_id, score, rank`` (whole users) as submission rows.
 
@@ -1493,14 +1504,8 @@ def write_recommendations(
 ) -> RecommendResult:
     """Top-``k`` items per user, written to ``out`` (.parquet or .csv) batch by batch as they
     are made; the file appears under its name only when complete."""
-    from gbrank.atomic import check_table_suffix
-
     path = Path(out)
-    check_table_suffix(path)
-    if fmt not in FORMATS:
-        raise ConfigError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
-    if fmt != "table" and path.suffix.lower() != ".csv":
-        raise ConfigError(f"--format {fmt} writes a submission CSV: name the file .csv, not {path}")
+    check_format(path, fmt)
     rec = Recommender(cfg, k, users_file, check_inputs=check_inputs)
     batches: Iterator[pl.DataFrame] = rec.batches()
     empty: Callable[[], pl.DataFrame] = rec.empty

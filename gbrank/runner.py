@@ -35,7 +35,7 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +114,6 @@ class RunResult:
     stages: list[StageOutcome]
     decision: Decision
     seconds: float
-    metrics: pl.DataFrame = field(default_factory=pl.DataFrame)
 
     @property
     def skipped_all(self) -> bool:
@@ -153,14 +152,13 @@ def run_pipeline(cfg: Config, *, command: str = "run", gate: bool = True) -> Run
             run.check_complete()
         except (MissingInputError, DamagedArtifactError):
             pipeline.write_manifest(cfg, run, fp)
-        metrics = pl.DataFrame(run_metrics(run))
         decision = (
             promotion_gate(cfg, run)
             if gate
             else Decision(False, "gate skipped", metric_name(cfg), served_metric(cfg, run))
         )
         report("promotion", run=run.id, **decision.to_dict())
-    result = RunResult(run, outcomes, decision, time.perf_counter() - t0, metrics)
+    result = RunResult(run, outcomes, decision, time.perf_counter() - t0)
     if gate and not decision.promoted and decision.reason != "already current":
         refused = PromotionRefused(
             f"run {run.id} was not promoted: {decision.reason}. `current` is still "
@@ -205,22 +203,10 @@ def metric_name(cfg: Config) -> str:
     return f"{p.target} {p.metric}@{p.k} of {cfg.blend.serve}"
 
 
-def run_metrics(run: Run) -> list[dict[str, Any]]:
-    import json
-
-    p = run.file("metrics.json")
-    try:
-        return list(json.loads(p.read_text()))
-    except FileNotFoundError:
-        raise MissingInputError(f"run {run.path} has no metrics.json: rerun it") from None
-    except ValueError:
-        raise DamagedArtifactError(f"artifact {p} is damaged (not JSON)") from None
-
-
 def served_metric(cfg: Config, run: Run) -> float:
     """The gate's metric for this run's served model, from its metrics.json."""
     p = cfg.promote
-    for row in run_metrics(run):
+    for row in run.metrics():
         if (
             row["model"] == cfg.blend.serve
             and row["target"] == p.target
@@ -518,7 +504,7 @@ def cross_validate(cfg: Config, n_folds: int) -> CVResult:
         runs.append(last)
         as_of.append(planned[-1].as_of.isoformat())
     frames = [
-        pl.DataFrame(run_metrics(run)).with_columns(pl.lit(i).alias("fold"))
+        pl.DataFrame(run.metrics()).with_columns(pl.lit(i).alias("fold"))
         for i, run in enumerate(runs)
     ]
     ranking = pl.concat(frames, how="diagonal_relaxed").filter(pl.col("k").is_not_null())

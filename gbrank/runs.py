@@ -466,6 +466,22 @@ class Run:
         atomic_write_json(manifest, self.file(MANIFEST))
         return self.file(MANIFEST)
 
+    def metrics(self) -> list[dict[str, Any]]:
+        """The rows of metrics.json (``gbrank eval``'s output)."""
+        p = self.file("metrics.json")
+        try:
+            return list(json.loads(p.read_text()))
+        except FileNotFoundError:
+            raise MissingInputError(
+                f"run {self.path} has no metrics.json: run `gbrank eval`"
+            ) from None
+        except OSError as exc:
+            raise io_error(p, exc, "read") from exc
+        except ValueError:
+            raise DamagedArtifactError(
+                f"artifact {p} is damaged (not JSON): rerun `gbrank eval`"
+            ) from None
+
     def manifest(self) -> dict[str, Any] | None:
         """The manifest, or None when the run is not complete."""
         p = self.file(MANIFEST)
