@@ -562,6 +562,75 @@ def run_(
     _print_run(result)
 
 
+@app.command()
+@handle_errors
+def tune(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    workspace: WorkspaceOpt = None,
+    trials: Annotated[
+        int | None,
+        typer.Option("--trials", "-n", help="Finished trials the study should hold (tune.trials)."),
+    ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option("--timeout", help="Start no trial after this many seconds (tune.timeout)."),
+    ] = None,
+    space: Annotated[
+        str | None,
+        typer.Option(
+            "--space",
+            help="What to search, comma-separated: ranker, candidates, blend (tune.space).",
+        ),
+    ] = None,
+    study: Annotated[
+        str | None, typer.Option("--study", help="Study name (tune.study; resumes if it exists).")
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            "--storage",
+            help="Optuna database URL (tune.storage; default SQLite in the workspace).",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Best config file (default <workspace>/tune/<study>/best.toml)."
+        ),
+    ] = None,
+) -> None:
+    """Optuna study of the ranker (and optionally the candidates and the blend) on users held
+    out of the train fold; writes the best config, which `gbrank run` and `train` take."""
+    from gbrank.runs import WorkspaceLock
+
+    extra = list(set_ or [])
+    for key, value in (("trials", trials), ("timeout", timeout)):
+        if value is not None:
+            extra.append(f"tune.{key}={value}")
+    if space is not None:
+        names = [_toml_str(n.strip()) for n in space.split(",") if n.strip()]
+        extra.append(f"tune.space=[{', '.join(names)}]")
+    for key, text in (("study", study), ("storage", storage)):
+        if text is not None:
+            extra.append(f"tune.{key}={_toml_str(text)}")
+    ws = workspace if workspace is not None else Path(workspace_of(config_path(config), extra))
+    with WorkspaceLock(ws, "tune"):
+        from gbrank.tune import tune as run_study
+
+        result = run_study(resolve_config(config, extra, workspace), out)
+    _echo(
+        f"study {result.study} ({result.storage}): {result.trials} finished trials, "
+        f"{result.ran} run now, {result.seconds:.1f}s"
+    )
+    baseline = "-" if result.baseline_value is None else f"{result.baseline_value:.4f}"
+    _echo(f"validation: config as it was {baseline}, best {result.best_value:.4f}")
+    for key, value in result.best_params.items():
+        _echo(f"  {key} = {value:.6g}" if isinstance(value, float) else f"  {key} = {value}")
+    _echo(f"best config: {result.config_path}")
+    _echo(f"report: {result.report_path}")
+
+
 def _print_run(result: Any) -> None:
     _echo(f"run {result.run.id} ({result.run.path})")
     for s in result.stages:

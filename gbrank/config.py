@@ -317,6 +317,36 @@ class PromoteConfig:
     tolerance: float = 0.0
 
 
+#: What ``gbrank tune`` may search (docs/tuning.md): the ranker's parameters, the candidate
+#: sources' budgets and parameters, the weights of the served blend.
+TUNE_SPACES = ("ranker", "candidates", "blend")
+
+
+@dataclass
+class TuneConfig:
+    """``gbrank tune``: an Optuna study maximising the gate's metric (``[promote]``: metric,
+    k, target of ``blend.serve``) on users held out of the train fold, never the eval fold."""
+
+    # Finished trials (complete or pruned) the study should hold: a resumed study runs the rest.
+    trials: int = 20
+    # Stop starting trials after this many seconds (0: no limit).
+    timeout: float = 0.0
+    # What is searched: any of "ranker", "candidates", "blend".
+    space: list[str] = field(default_factory=lambda: ["ranker"])
+    # The study's name ("": tune-<run id of the base config>); the eval report of a config that
+    # names a study shows its history and parameter importances.
+    study: str = ""
+    # Any database URL Optuna takes ("": SQLite at <workspace>/tune/optuna.db), e.g.
+    # postgresql://host/db for several machines.
+    storage: str = ""
+    # Prune trials whose validation NDCG falls below the median of earlier trials' at the same
+    # round (LightGBM/XGBoost callback), after this many rounds.
+    pruning: bool = True
+    prune_after_rounds: int = 20
+    # Trials drawn at random before TPE models the results (the first trial is the config).
+    startup_trials: int = 8
+
+
 @dataclass
 class BlendConfig:
     """Scores from several heads (rankers/blend.py)."""
@@ -340,6 +370,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     blend: BlendConfig = field(default_factory=BlendConfig)
     promote: PromoteConfig = field(default_factory=PromoteConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -524,7 +555,28 @@ def validate(cfg: Config) -> Config:
     check_ranker_params(cfg)
     _check_heads(cfg)
     _check_promote(cfg)
+    _check_tune(cfg)
     return cfg
+
+
+def _check_tune(cfg: Config) -> None:
+    tune = cfg.tune
+    if tune.trials < 1:
+        raise ConfigError(f"tune.trials must be at least 1, got {tune.trials}")
+    if tune.timeout < 0:
+        raise ConfigError(f"tune.timeout must be 0 (no limit) or more seconds, got {tune.timeout}")
+    for space in tune.space:
+        if space not in TUNE_SPACES:
+            raise ConfigError(f"tune.space: unknown space '{space}'{_nearest(space, TUNE_SPACES)}")
+    if not tune.space:
+        raise ConfigError(f"tune.space is empty: search at least one of {list(TUNE_SPACES)}")
+    if "blend" in tune.space and cfg.blend.serve not in cfg.blend.weights:
+        raise ConfigError(
+            f"tune.space has 'blend', but blend.serve = '{cfg.blend.serve}' is not a weighted "
+            "blend: define blend.weights.<name> and serve it, or drop 'blend'"
+        )
+    if tune.prune_after_rounds < 0 or tune.startup_trials < 0:
+        raise ConfigError("tune.prune_after_rounds and tune.startup_trials must be 0 or more")
 
 
 def _check_promote(cfg: Config) -> None:

@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -45,7 +45,14 @@ from gbrank.data.split import (
     make_folds,
 )
 from gbrank.data.vocab import Vocab
-from gbrank.errors import ConfigError, DataError, MissingInputError, warn
+from gbrank.errors import (
+    ConfigError,
+    DamagedArtifactError,
+    DataError,
+    MissingInputError,
+    StaleArtifactError,
+    warn,
+)
 from gbrank.evaluation import (
     ORACLE_MAX_CELLS,
     CurveCounter,
@@ -79,6 +86,7 @@ from gbrank.rankers.sampling import (
 from gbrank.rankers.sampling import validation_mask as _validation_mask
 from gbrank.report import write_report
 from gbrank.runs import (
+    STAGES,
     Run,
     Verified,
     WorkspaceLock,
@@ -89,6 +97,7 @@ from gbrank.runs import (
     content_files,
     content_fingerprint,
     run_folder,
+    stage_key,
 )
 
 LABELLED_FOLDS = ("train", "eval")
@@ -163,6 +172,7 @@ def run_id_for(cfg: Config, fingerprint: str | None = None) -> str:
     resolved["run"] = {k: v for k, v in resolved["run"].items() if k not in ("workspace", "run_id")}
     resolved["data"] = {k: v for k, v in resolved["data"].items() if k not in INPUT_KEYS}
     del resolved["promote"]  # the gate reads the artifacts, it makes none
+    del resolved["tune"]  # nor does the tuner: what it finds is written into other configs
     text = json.dumps(resolved, sort_keys=True, default=str)
     fp = fingerprint if fingerprint is not None else input_fingerprint(cfg)
     return hashlib.sha256(f"{text}|{fp}".encode()).hexdigest()[:12]
@@ -195,9 +205,14 @@ def locked(stage: str) -> Callable[[F], F]:
     return decorate
 
 
-def verify_run(cfg: Config, stage: str, check_inputs: bool = True) -> tuple[Run, Verified]:
+def verify_run(
+    cfg: Config, stage: str, check_inputs: bool = True, link: bool = False
+) -> tuple[Run, Verified]:
     """The run folder and the checked records of every stage before ``stage``.
 
+    ``link`` (a stage function, under the workspace lock): a stage before ``stage`` that this
+    run folder lacks is taken from another run holding the same outputs (:func:`link_cached`),
+    so ``gbrank train`` with a config that changed only the training runs at once.
     ``check_inputs=False`` (serving a named run, whose data the run folder holds): the run is
     ``run.run_id`` and the input files are not compared with the ones it read."""
     if not check_inputs:
@@ -205,7 +220,31 @@ def verify_run(cfg: Config, stage: str, check_inputs: bool = True) -> tuple[Run,
         return run, run.verify(stage, _config_hashes(cfg), None)
     fp = input_fingerprint(cfg)
     run = open_run(cfg, fp)
-    return run, run.verify(stage, _config_hashes(cfg), fp)
+    hashes = _config_hashes(cfg)
+    for index in range(STAGES.index(stage) if link else 0):
+        # A new run folder (a config that changed only later stages, such as a tuned one)
+        # takes what it would recompute identically from the run that holds it.
+        try:
+            run.verify_through(STAGES[: index + 1], hashes, fp)
+        except (MissingInputError, StaleArtifactError, DamagedArtifactError):
+            if link_cached(run, index, hashes, fp) is None:
+                break
+    return run, run.verify(stage, hashes, fp)
+
+
+def link_cached(run: Run, index: int, hashes: dict[str, str], fp: str) -> str | None:
+    """Take stage ``STAGES[index]`` from another run whose record has the same cache key
+    (its config hash, upstream outputs and, for generate, data fingerprint), when one holds it
+    intact; returns that run's id, or None (the stage must run). Every stage before it must
+    be valid in ``run``."""
+    stage = STAGES[index]
+    upstream = run.verify_through(STAGES[:index], hashes, fp)
+    key = stage_key(stage, hashes[stage], upstream.hashes(), fp if index == 0 else None)
+    source = run.cached_run(stage, key)
+    if source is None:
+        return None
+    run.reuse_stage(stage, source)
+    return source.id
 
 
 # --------------------------------------------------------------------------- data
@@ -642,7 +681,7 @@ def build_features(cfg: Config) -> FeaturesResult:
 
     t0 = time.perf_counter()
     executor = LocalExecutor()
-    run, verified = verify_run(cfg, "features")
+    run, verified = verify_run(cfg, "features", link=True)
     data = _load_run_data(verified)
     for name in LABELLED_FOLDS:  # check every input before the first write
         verified.path(f"candidates/{name}.parquet")
@@ -812,7 +851,7 @@ def train(cfg: Config) -> TrainResult:
 
     t0 = time.perf_counter()
     check_ranker_params(cfg)
-    run, verified = verify_run(cfg, "train")
+    run, verified = verify_run(cfg, "train", link=True)
     # The features stage built the train fold for the training sample alone.
     rows = _read_parquet(verified, "features/train.parquet").sort(C.USER, C.ITEM)
     verified.path("features/eval.parquet")
@@ -979,7 +1018,7 @@ def evaluate(cfg: Config) -> EvalResult:
     """Stage 4: score the eval fold with every head's train-fold model and every blend;
     compare them with every source. Binary heads also get AUC, log loss and calibration."""
     t0 = time.perf_counter()
-    run, verified = verify_run(cfg, "eval")
+    run, verified = verify_run(cfg, "eval", link=True)
     features_path = verified.path("features/eval.parquet")
     labels = _read_parquet(verified, "labels/eval.parquet")
     heads = load_heads(cfg, verified, "eval")
@@ -1136,7 +1175,18 @@ def _report_data(
         "scores": sampler.histograms(),
         "importance": _read_json(verified, "models/importance.json"),
         "bootstrap": cfg.eval.bootstrap,
+        "tuning": _study_summary(cfg),
     }
+
+
+def _study_summary(cfg: Config) -> dict[str, Any] | None:
+    """The summary of the study ``tune.study`` names, when ``gbrank tune`` wrote one in this
+    workspace (the report then shows how the config was tuned)."""
+    if not cfg.tune.study:
+        return None
+    from gbrank.tune import read_summary
+
+    return read_summary(cfg.run.workspace, cfg.tune.study)
 
 
 def thread_settings(cfg: Config) -> dict[str, Any]:
@@ -1177,6 +1227,43 @@ def user_batches(path: Path, batch_rows: int) -> Iterator[pl.DataFrame]:
             yield frame.slice(0, start)
     if carry is not None and carry.height:
         yield carry
+
+
+def served_top_k(
+    heads: dict[str, Ranker],
+    serve: str,
+    weights: dict[str, dict[str, float]],
+    batches: Iterable[pl.DataFrame],
+    k: int,
+) -> pl.DataFrame:
+    """The top ``k`` of model ``serve`` (a head of ``heads`` or a blend of them) over feature
+    ``batches`` of whole users: ``user, item, rank, score``."""
+    lists = []
+    for batch in batches:
+        scores = {name: ranker.predict(batch) for name, ranker in heads.items()}
+        users = batch[C.USER].to_numpy()
+        scored = batch.select(C.USER, C.ITEM).with_columns(
+            pl.Series("_score", model_scores(serve, scores, users, weights))
+        )
+        lists.append(top_k(scored, "_score", k))
+    return _concat_lists(lists)
+
+
+def gate_value(
+    cfg: Config,
+    heads: dict[str, Ranker],
+    serve: str,
+    weights: dict[str, dict[str, float]],
+    batches: Iterable[pl.DataFrame],
+    labels: pl.DataFrame,
+) -> float:
+    """``promote.metric`` at ``promote.k`` on ``promote.target`` of model ``serve`` over
+    ``batches``, against ``labels`` (every labelled user counts, found or not): the figure the
+    promotion gate compares and the tuner maximises."""
+    p = cfg.promote
+    recs = served_top_k(heads, serve, weights, batches, p.k)
+    result = ranking_metrics(recs, relevant_items(labels, p.target), ks=[p.k], metrics=[p.metric])
+    return result.value(p.metric, p.k)
 
 
 def _concat_lists(frames: list[pl.DataFrame]) -> pl.DataFrame:

@@ -80,6 +80,16 @@ def _describe(kind: str, fields: dict[str, Any]) -> str | None:
         total = fields.get("total")
         of = f"/{total}" if total else ""
         return f"{stage}: {fields.get('unit', 'steps')} {fields.get('done')}{of}"
+    if kind == "trial":
+        value, best = fields.get("value"), fields.get("best")
+        shown = "-" if value is None else f"{value:.4f}"
+        best_shown = "-" if best is None else f"{best:.4f} (trial {fields.get('best_trial')})"
+        seconds = fields.get("seconds")
+        took = f", {seconds:.1f}s" if seconds is not None else ""
+        return (
+            f"tune: trial {fields.get('number')} {fields.get('state')}: {shown}, best "
+            f"{best_shown}{took} [{fields.get('done')}/{fields.get('total')}]"
+        )
     return str(fields.get("message", ""))
 
 
@@ -158,6 +168,9 @@ class RichReporter(Reporter):
             return  # the CLI prints these itself
         if self.progress is None:
             self._start()
+        if kind == "trial":  # one line per trial, above the bars
+            self.progress.console.print(_describe(kind, fields))
+            return
         if kind in ("step", "stage_done") and stage not in self.tasks:
             self.tasks[stage] = self.progress.add_task(stage, total=None)
         if kind == "stage_start":

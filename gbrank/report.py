@@ -333,8 +333,122 @@ def render(data: dict[str, Any], rows: list[dict[str, Any]]) -> tuple[str, str, 
         table = breakdown_table(data, target)
         h.append(f"<h3>target: {html.escape(target)}</h3>{_html_table(table)}")
         md += [f"### target: {target}", "", _md_table(table), ""]
+    if data.get("tuning"):
+        study = study_svgs(data["tuning"])
+        section, markdown = study_section(data["tuning"], study, "report/")
+        h.append(section)
+        md += [markdown, ""]
+        svgs.update(study)
     h.append("</body></html>")
     return "\n".join(h) + "\n", "\n".join(md) + "\n", svgs
+
+
+STUDY_PLOTS = ("tune_history", "tune_importance")
+TITLES["tune_history"] = "Tuning: optimisation history"
+TITLES["tune_importance"] = "Tuning: parameter importances (PED-ANOVA)"
+
+
+def plot_tune_history(plt: Any, summary: dict[str, Any]) -> str:
+    trials = [t for t in summary["trials"] if t["state"] in ("complete", "pruned")]
+    if not trials:
+        return _note(plt, "no finished trial")
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    done = [t for t in trials if t["state"] == "complete"]
+    ax.scatter(
+        [t["number"] for t in done], [t["value"] for t in done], s=14, label="complete trial"
+    )
+    pruned = [t["number"] for t in trials if t["state"] == "pruned"]
+    if pruned and done:
+        low = min(t["value"] for t in done)
+        ax.scatter(pruned, [low] * len(pruned), marker="x", color="#999", s=14, label="pruned")
+    best, xs, ys = -float("inf"), [], []
+    for t in sorted(done, key=lambda t: t["number"]):
+        best = max(best, t["value"])
+        xs.append(t["number"])
+        ys.append(best)
+    ax.step(xs, ys, where="post", color="#c44e52", label="best so far")
+    if summary.get("baseline") is not None:
+        ax.axhline(summary["baseline"], linestyle="--", color="#555", linewidth=1, label="trial 0")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(summary["metric"])
+    ax.legend(fontsize=7, loc="lower right")
+    return _svg(fig)
+
+
+def plot_tune_importance(plt: Any, summary: dict[str, Any]) -> str:
+    found = summary.get("importances") or {}
+    if not found:
+        return _note(plt, "importances need at least 4 complete trials with drawn parameters")
+    names = list(found)[::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.3 * len(names) + 0.8))
+    ax.barh(names, [found[n] for n in names], color="#4c72b0")
+    ax.set_xlabel("importance")
+    return _svg(fig)
+
+
+def study_tables(summary: dict[str, Any]) -> tuple[str, list[list[str]], list[list[str]]]:
+    """An intro line, the best parameters, and the trials table of a study summary."""
+    best = summary.get("best") or {}
+    intro = (
+        f"Study {summary['study']} ({summary['storage']}): {summary['finished']} finished "
+        f"trials over {', '.join(summary['space'])}; maximised {summary['metric']} on the "
+        f"{summary['split']}. Trial 0 is the config as it was: {_fmt(summary.get('baseline'))}; "
+        f"best: trial {best.get('number', '-')}, {_fmt(best.get('value'))}."
+    )
+    params = [["parameter", "best value"]]
+    params += [
+        [k, _fmt(v) if isinstance(v, float) else str(v)] for k, v in best.get("params", {}).items()
+    ]
+    trials = [["trial", "state", "value", "trees", "seconds"]]
+    for t in summary["trials"]:
+        trees = t.get("trees") or {}
+        trials.append(
+            [
+                str(t["number"]) + (" (config)" if t.get("baseline") else ""),
+                t["state"] + (f" at {t['pruned_at']}" if t.get("pruned_at") else ""),
+                _fmt(t["value"]),
+                ", ".join(str(v) for v in trees.values()) or "-",
+                _fmt(t.get("seconds")),
+            ]
+        )
+    return intro, params, trials
+
+
+def study_section(summary: dict[str, Any], svgs: dict[str, str], prefix: str) -> tuple[str, str]:
+    """The study's HTML and Markdown section (plots inline; Markdown links ``prefix``)."""
+    intro, params, trials = study_tables(summary)
+    h = [f"<h2>Tuning</h2><p>{html.escape(intro)}</p>"]
+    md = ["## Tuning", "", intro, ""]
+    if len(params) > 1:
+        h.append(f"<h3>Best parameters</h3>{_html_table(params)}")
+        md += ["### Best parameters", "", _md_table(params), ""]
+    for name in STUDY_PLOTS:
+        h.append(f"<h3>{TITLES[name]}</h3><figure data-plot='{name}'>{svgs[name]}</figure>")
+        md += [f"### {TITLES[name]}", "", f"![{TITLES[name]}]({prefix}{name}.svg)", ""]
+    h.append(f"<h3>Trials</h3>{_html_table(trials)}")
+    md += ["### Trials", "", _md_table(trials), ""]
+    return "\n".join(h), "\n".join(md)
+
+
+def study_svgs(summary: dict[str, Any]) -> dict[str, str]:
+    plt = _pyplot()
+    return {
+        "tune_history": plot_tune_history(plt, summary),
+        "tune_importance": plot_tune_importance(plt, summary),
+    }
+
+
+def render_study(summary: dict[str, Any]) -> tuple[str, str, dict[str, str]]:
+    """The study on its own page (``gbrank tune`` writes it beside study.json)."""
+    svgs = study_svgs(summary)
+    section, markdown = study_section(summary, svgs, "report/")
+    title = f"gbrank tuning report: study {summary['study']}"
+    page = (
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}"
+        f"</title><style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>{section}"
+        "</body></html>\n"
+    )
+    return page, f"# {title}\n\n{markdown}", svgs
 
 
 def write_report(run: Any, data: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
@@ -355,7 +469,7 @@ def write_report(run: Any, data: dict[str, Any], rows: list[dict[str, Any]]) -> 
 
 def plots_in(page: str) -> list[str]:
     """The plot names an HTML report holds (for checks)."""
-    return [name for name in PLOTS if f"data-plot='{name}'" in page]
+    return [name for name in (*PLOTS, *STUDY_PLOTS) if f"data-plot='{name}'" in page]
 
 
-__all__ = ["PLOTS", "Path", "plots_in", "render", "write_report"]
+__all__ = ["PLOTS", "STUDY_PLOTS", "Path", "plots_in", "render", "render_study", "write_report"]

@@ -41,7 +41,6 @@ from typing import Any
 
 import polars as pl
 
-from gbrank import columns as C
 from gbrank import pipeline
 from gbrank.config import Config, load_config
 from gbrank.errors import (
@@ -53,10 +52,8 @@ from gbrank.errors import (
     StaleArtifactError,
     warn,
 )
-from gbrank.features.labels import relevant_items
-from gbrank.metrics import ranking_metrics
 from gbrank.progress import report
-from gbrank.rankers.blend import heads_of, model_scores
+from gbrank.rankers.blend import heads_of
 from gbrank.runs import (
     STAGES,
     Run,
@@ -67,7 +64,6 @@ from gbrank.runs import (
     promotions,
     run_folder,
     set_current,
-    stage_key,
 )
 
 STAGE_FUNCTIONS: dict[str, Callable[[Config], Any]] = {
@@ -144,7 +140,7 @@ def run_pipeline(cfg: Config, *, command: str = "run", gate: bool = True) -> Run
         for index, stage in enumerate(STAGES):
             started = time.perf_counter()
             report("stage_start", stage=stage, run=run.id)
-            how, source = _settle(cfg, run, index, hashes, fp)
+            how, source = settle_stage(cfg, run, index, hashes, fp)
             seconds = time.perf_counter() - started
             outcomes.append(StageOutcome(stage, how, seconds, source))
             report("stage_done", stage=stage, how=how, seconds=round(seconds, 3), source=source)
@@ -169,7 +165,7 @@ def run_pipeline(cfg: Config, *, command: str = "run", gate: bool = True) -> Run
     return result
 
 
-def _settle(
+def settle_stage(
     cfg: Config, run: Run, index: int, hashes: dict[str, str], fp: str
 ) -> tuple[str, str | None]:
     stage = STAGES[index]
@@ -180,17 +176,9 @@ def _settle(
         return "cached", None
     except (MissingInputError, StaleArtifactError, DamagedArtifactError):
         pass
-    upstream = run.verify_through(STAGES[:index], hashes, fp)
-    key = stage_key(
-        stage,
-        hashes[stage],
-        upstream.hashes(),
-        fp if stage == STAGES[0] else None,
-    )
-    source = run.cached_run(stage, key)
+    source = pipeline.link_cached(run, index, hashes, fp)
     if source is not None:
-        run.reuse_stage(stage, source)
-        return "reused", source.id
+        return "reused", source
     STAGE_FUNCTIONS[stage](cfg)
     return "ran", None
 
@@ -249,21 +237,8 @@ def champion_metric(cfg: Config, run: Run, champion: Run) -> float:
                 f"the champion {champion.id}'s {name} model needs features this run does not "
                 f"build ({', '.join(missing[:5])}), so it cannot be scored on this run's eval fold"
             )
-    k = cfg.promote.k
-    lists = []
-    for batch in pipeline.user_batches(features_path, cfg.eval.batch_rows):
-        scores = {name: ranker.predict(batch) for name, ranker in heads.items()}
-        users = batch[C.USER].to_numpy()
-        scored = batch.select(C.USER, C.ITEM).with_columns(
-            pl.Series("_score", model_scores(serve, scores, users, weights))
-        )
-        lists.append(pipeline.top_k(scored, "_score", k))
-    recs = pipeline._concat_lists(lists)
-    result = ranking_metrics(
-        recs, relevant_items(labels, cfg.promote.target), ks=[k], metrics=[cfg.promote.metric]
-    )
-    row = result.table.filter((pl.col("metric") == cfg.promote.metric) & (pl.col("k") == k))
-    return float(row["value"][0])
+    batches = pipeline.user_batches(features_path, cfg.eval.batch_rows)
+    return pipeline.gate_value(cfg, heads, serve, weights, batches, labels)
 
 
 def promotion_gate(cfg: Config, run: Run) -> Decision:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -151,6 +151,10 @@ def cap_groups(
     )
 
 
+#: ``monitor(round, value)``: what :meth:`Ranker.fit` reports after each boosting round.
+Monitor = Callable[[int, float], None]
+
+
 class Ranker(ABC):
     """A gradient-boosted model over candidate rows, one backend (``backend``) and objective.
 
@@ -163,6 +167,7 @@ class Ranker(ABC):
     objectives: ClassVar[dict[str, str]]  # objective -> kind ("rank" or "binary")
     model_suffix: ClassVar[str]
     compiler: ClassVar[str | None] = None  # what ``compile`` uses, None: no compiler
+    monitor: Monitor | None = None  # set by ``fit`` while it trains
 
     features_: list[str]
     label_: str
@@ -240,8 +245,13 @@ class Ranker(ABC):
         features: Sequence[str],
         label: str,
         valid: pl.DataFrame | None = None,
+        monitor: Monitor | None = None,
     ) -> Self:
-        """Train on ``train`` (sorted by user); early-stop on ``valid`` when given."""
+        """Train on ``train`` (sorted by user); early-stop on ``valid`` when given.
+
+        ``monitor(round, value)`` is called after every boosting round with the validation
+        metric (NDCG at the first ``eval_at``, or log loss), through the backend's own callback;
+        an exception it raises (a pruned tuning trial) ends the training and propagates."""
         if train.is_empty():
             raise ValueError("no training rows: the train fold produced no labelled candidates")
         self.features_ = list(features)
@@ -253,7 +263,11 @@ class Ranker(ABC):
                 check_labels(frame, label, self.kind, n_grades)
         if valid is not None and (valid.is_empty() or self.early_stopping_rounds <= 0):
             valid = None
-        self._train(train, valid)
+        self.monitor = monitor if valid is not None else None
+        try:
+            self._train(train, valid)
+        finally:
+            self.monitor = None
         self.fingerprint_ = data_fingerprint(train, [*self.features_, label])
         return self
 

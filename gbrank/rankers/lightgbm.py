@@ -145,6 +145,17 @@ _OWN_PARAMS = (
 )
 
 
+def _monitor_callback(monitor: Any) -> Any:
+    """A LightGBM callback handing the first validation metric of each round to ``monitor``."""
+
+    def callback(env: Any) -> None:
+        if env.evaluation_result_list:
+            monitor(env.iteration + 1, float(env.evaluation_result_list[0][2]))
+
+    callback.order = 40  # type: ignore[attr-defined]  # after early stopping's bookkeeping (30)
+    return callback
+
+
 class LightGBMRanker(Ranker):
     """A LightGBM model over candidate rows: ``lambdarank`` (integer grades, gains from
     ``label_gain``; early stopping on NDCG at the first ``eval_at``) or ``binary`` (0/1 labels;
@@ -201,6 +212,8 @@ class LightGBMRanker(Ranker):
                     self.early_stopping_rounds, first_metric_only=True, verbose=False
                 )
             )
+        if self.monitor is not None:
+            callbacks.append(_monitor_callback(self.monitor))
         self.booster_ = lgb.train(
             self._lgb_params(),
             dtrain,

@@ -57,6 +57,21 @@ def _number(value: float | list[float]) -> float:
     return float(value[0] if isinstance(value, list) else value)
 
 
+class _Monitor(xgb.callback.TrainingCallback):
+    """Hands the validation metric of each round to ``monitor`` (an exception stops training)."""
+
+    def __init__(self, monitor: Any) -> None:
+        super().__init__()
+        self.monitor = monitor
+
+    def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
+        for metrics in evals_log.values():
+            for values in metrics.values():
+                self.monitor(epoch + 1, float(values[-1]))
+                return False
+        return False
+
+
 class XGBoostRanker(Ranker):
     """An XGBoost model over candidate rows (``tree_method="hist"``). Early stopping is on
     NDCG at the first ``eval_at`` (rank objectives) or log loss (binary)."""
@@ -115,6 +130,7 @@ class XGBoostRanker(Ranker):
             evals=evals,
             early_stopping_rounds=self.early_stopping_rounds if evals else None,
             verbose_eval=False,
+            callbacks=[_Monitor(self.monitor)] if self.monitor is not None and evals else None,
         )
         rounds = self.booster_.num_boosted_rounds()
         if evals:
