@@ -83,6 +83,8 @@ def _describe(kind: str, fields: dict[str, Any]) -> str | None:
     if kind == "trial":
         value, best = fields.get("value"), fields.get("best")
         shown = "-" if value is None else f"{value:.4f}"
+        if fields.get("pruned_at") is not None:
+            shown = f"at round {fields['pruned_at']}"
         best_shown = "-" if best is None else f"{best:.4f} (trial {fields.get('best_trial')})"
         seconds = fields.get("seconds")
         took = f", {seconds:.1f}s" if seconds is not None else ""

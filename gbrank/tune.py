@@ -414,6 +414,8 @@ def tune(cfg: Config, out: str | Path | None = None) -> TuneResult:
                 memo[key] = load_tune_data(upstream)
             return memo[key]
 
+        fitted: dict[str, dict[str, Ranker]] = {}
+
         def objective(trial: optuna.Trial) -> float:
             started = time.perf_counter()
             baseline = bool(trial.user_attrs.get("baseline"))
@@ -427,7 +429,10 @@ def tune(cfg: Config, out: str | Path | None = None) -> TuneResult:
                 if cfg.tune.pruning and trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at round {rounds}")
 
-            heads = fit_heads(trial_cfg, data, None if baseline else monitor)
+            if "ranker" in cfg.tune.space or data.run_id not in fitted:
+                fitted.clear()
+                fitted[data.run_id] = fit_heads(trial_cfg, data, None if baseline else monitor)
+            heads = fitted[data.run_id]  # blend trials alone score the same heads again
             trial.set_user_attr("trees", {n: r.best_iteration_ for n, r in heads.items()})
             trial.set_user_attr("run", data.run_id)
             value = validation_value(trial_cfg, data, heads)
@@ -444,7 +449,10 @@ def tune(cfg: Config, out: str | Path | None = None) -> TuneResult:
                 stage="tune",
                 number=trial.number,
                 state=trial.state.name.lower(),
-                value=trial.value,
+                value=trial.value if trial.state == optuna.trial.TrialState.COMPLETE else None,
+                pruned_at=trial.last_step
+                if trial.state == optuna.trial.TrialState.PRUNED
+                else None,
                 best=best.value if best else None,
                 best_trial=best.number if best else None,
                 seconds=trial.user_attrs.get("seconds")
@@ -560,11 +568,12 @@ def write_summary(cfg: Config, study: Any, folder: Path, url: str) -> dict[str, 
 
     trials = []
     for t in study.get_trials(deepcopy=False):
+        complete = t.state == optuna.trial.TrialState.COMPLETE
         trials.append(
             {
                 "number": t.number,
                 "state": t.state.name.lower(),
-                "value": t.value,
+                "value": t.value if complete else None,  # a pruned one's is its last report
                 "params": t.params,
                 "baseline": bool(t.user_attrs.get("baseline")),
                 "trees": t.user_attrs.get("trees"),
