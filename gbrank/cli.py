@@ -568,6 +568,7 @@ def tune(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     workspace: WorkspaceOpt = None,
+    events: EventsOpt = None,
     trials: Annotated[
         int | None,
         typer.Option("--trials", "-n", help="Finished trials the study should hold (tune.trials)."),
@@ -618,13 +619,19 @@ def tune(
     with WorkspaceLock(ws, "tune"):
         from gbrank.tune import tune as run_study
 
-        result = run_study(resolve_config(config, extra, workspace), out)
+        result = run_study(resolve_config(config, extra, workspace, events), out)
     _echo(
         f"study {result.study} ({result.storage}): {result.trials} finished trials, "
         f"{result.ran} run now, {result.seconds:.1f}s"
     )
     baseline = "-" if result.baseline_value is None else f"{result.baseline_value:.4f}"
     _echo(f"validation: config as it was {baseline}, best {result.best_value:.4f}")
+    if result.gain:
+        g = result.gain
+        _echo(
+            f"gain of the best on the same {g['users']:,} users: {g['gain']:+.4f} "
+            f"(paired standard error {g['se']:.4f})"
+        )
     for key, value in result.best_params.items():
         _echo(f"  {key} = {value:.6g}" if isinstance(value, float) else f"  {key} = {value}")
     _echo(f"best config: {result.config_path}")

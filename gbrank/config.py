@@ -339,10 +339,10 @@ class TuneConfig:
     # Any database URL Optuna takes ("": SQLite at <workspace>/tune/optuna.db), e.g.
     # postgresql://host/db for several machines.
     storage: str = ""
-    # Prune trials whose validation NDCG falls below the median of earlier trials' at the same
+    # Prune trials whose validation NDCG is in the lowest quarter of earlier trials' at the same
     # round (LightGBM/XGBoost callback), after this many rounds.
     pruning: bool = True
-    prune_after_rounds: int = 20
+    prune_after_rounds: int = 30
     # Trials drawn at random before TPE models the results (the first trial is the config).
     startup_trials: int = 8
 

@@ -1260,10 +1260,23 @@ def gate_value(
     """``promote.metric`` at ``promote.k`` on ``promote.target`` of model ``serve`` over
     ``batches``, against ``labels`` (every labelled user counts, found or not): the figure the
     promotion gate compares and the tuner maximises."""
+    return gate_report(cfg, heads, serve, weights, batches, labels).value(
+        cfg.promote.metric, cfg.promote.k
+    )
+
+
+def gate_report(
+    cfg: Config,
+    heads: dict[str, Ranker],
+    serve: str,
+    weights: dict[str, dict[str, float]],
+    batches: Iterable[pl.DataFrame],
+    labels: pl.DataFrame,
+) -> Any:
+    """:func:`gate_value`'s :class:`~gbrank.metrics.RankingReport` (with each user's value)."""
     p = cfg.promote
     recs = served_top_k(heads, serve, weights, batches, p.k)
-    result = ranking_metrics(recs, relevant_items(labels, p.target), ks=[p.k], metrics=[p.metric])
-    return result.value(p.metric, p.k)
+    return ranking_metrics(recs, relevant_items(labels, p.target), ks=[p.k], metrics=[p.metric])
 
 
 def _concat_lists(frames: list[pl.DataFrame]) -> pl.DataFrame:

@@ -395,6 +395,13 @@ def study_tables(summary: dict[str, Any]) -> tuple[str, list[list[str]], list[li
         f"{summary['split']}. Trial 0 is the config as it was: {_fmt(summary.get('baseline'))}; "
         f"best: trial {best.get('number', '-')}, {_fmt(best.get('value'))}."
     )
+    gain = summary.get("gain")
+    if gain:
+        intro += (
+            f" Gain of the best over trial 0 on the same {gain['users']:,} users: "
+            f"{gain['gain']:+.4f} (paired standard error {gain['se']:.4f}); a gain within two "
+            "standard errors may not hold on new data."
+        )
     params = [["parameter", "best value"]]
     params += [
         [k, _fmt(v) if isinstance(v, float) else str(v)] for k, v in best.get("params", {}).items()

@@ -19,8 +19,8 @@ eval fold is never read, so its figures stay an unbiased check of the tuned conf
   each distinct candidate config is a run of its own, settled through the stage cache, so a
   repeated one costs nothing.
 - **Pruning** goes through the backend's training callback (:meth:`Ranker.fit`'s
-  ``monitor``): every 10 rounds the validation NDCG is reported, and Optuna's median pruner
-  stops a trial below the median of earlier trials at that round.
+  ``monitor``): every 10 rounds the validation NDCG is reported, and Optuna's percentile
+  pruner stops a trial in the lowest quarter of earlier trials at that round.
 - **Storage:** SQLite at ``<workspace>/tune/optuna.db`` unless ``tune.storage`` names another
   database. A resumed study (same name) keeps its finished trials and runs until it holds
   ``tune.trials`` finished ones; a trial a killed process left running is marked failed (with
@@ -63,6 +63,11 @@ from gbrank.runs import STAGES, WorkspaceLock
 
 TUNE_DIR = "tune"
 REPORT_EVERY = 10  # rounds between two reports of the validation metric to the pruner
+#: A trial is pruned when its validation NDCG at a round is in the lowest quarter of earlier
+#: trials' at that round. The median (Optuna's usual choice) pruned 13 of 20 trials at 1M
+#: events after 20 rounds, among them a near copy of the best trial and every learning rate
+#: below 0.05 (they start slow).
+PRUNE_PERCENTILE = 25.0
 HEARTBEAT_SECONDS = 60  # Optuna's heartbeat with a database other processes may share
 GRACE_SECONDS = 180  # a running trial silent this long is failed by the next optimiser
 
@@ -294,8 +299,19 @@ def fit_heads(
 
 def validation_value(cfg: Config, data: TuneData, heads: dict[str, Ranker]) -> float:
     """The gate's figure for ``heads`` on the held-out users' whole lists."""
+    values = validation_values(cfg, data, heads)
+    return float(values.mean()) if values.size else math.nan
+
+
+def validation_values(cfg: Config, data: TuneData, heads: dict[str, Ranker]) -> np.ndarray:
+    """Each held-out user's value of the gate's figure (users with a positive, by code):
+    :func:`validation_value` is their mean."""
     batches = _whole_users(data.lists, max(cfg.eval.batch_rows, 1))
-    return pipeline.gate_value(cfg, heads, cfg.blend.serve, cfg.blend.weights, batches, data.labels)
+    found = pipeline.gate_report(
+        cfg, heads, cfg.blend.serve, cfg.blend.weights, batches, data.labels
+    )
+    per_user = found.per_user.filter(pl.col("k") == cfg.promote.k).sort(C.USER)
+    return per_user[cfg.promote.metric].to_numpy().astype(np.float64)
 
 
 def _whole_users(frame: pl.DataFrame, step: int) -> Iterator[pl.DataFrame]:
@@ -321,6 +337,7 @@ class TuneResult:
     best_value: float
     best_params: dict[str, Any]
     baseline_value: float | None
+    gain: dict[str, float] | None  # the best's paired gain over trial 0: gain, se, users
     trials: int  # finished trials in the study
     ran: int  # trials run by this call
     config_path: Path
@@ -373,8 +390,11 @@ def _open_study(cfg: Config, name: str, url: str) -> Any:
         seed=cfg.run.seed + len(study.trials), n_startup_trials=cfg.tune.startup_trials
     )
     pruner = (
-        optuna.pruners.MedianPruner(
-            n_startup_trials=5, n_warmup_steps=cfg.tune.prune_after_rounds, interval_steps=1
+        optuna.pruners.PercentilePruner(
+            PRUNE_PERCENTILE,
+            n_startup_trials=5,
+            n_warmup_steps=cfg.tune.prune_after_rounds,
+            interval_steps=1,
         )
         if cfg.tune.pruning
         else optuna.pruners.NopPruner()
@@ -418,6 +438,12 @@ def tune(cfg: Config, out: str | Path | None = None) -> TuneResult:
 
         def objective(trial: optuna.Trial) -> float:
             started = time.perf_counter()
+            try:
+                return run_trial(trial)
+            finally:
+                trial.set_user_attr("seconds", round(time.perf_counter() - started, 3))
+
+        def run_trial(trial: optuna.Trial) -> float:
             baseline = bool(trial.user_attrs.get("baseline"))
             trial_cfg = cfg if baseline else trial_config(cfg, trial)
             data = data_for(trial_cfg)
@@ -435,8 +461,9 @@ def tune(cfg: Config, out: str | Path | None = None) -> TuneResult:
             heads = fitted[data.run_id]  # blend trials alone score the same heads again
             trial.set_user_attr("trees", {n: r.best_iteration_ for n, r in heads.items()})
             trial.set_user_attr("run", data.run_id)
-            value = validation_value(trial_cfg, data, heads)
-            trial.set_user_attr("seconds", round(time.perf_counter() - started, 3))
+            values = validation_values(trial_cfg, data, heads)
+            value = float(values.mean()) if values.size else math.nan
+            _save_users(folder, trial.number, values)
             if math.isnan(value):
                 raise optuna.TrialPruned("the validation metric is undefined")
             return value
@@ -492,6 +519,7 @@ def tune(cfg: Config, out: str | Path | None = None) -> TuneResult:
         summary["best"]["value"],
         summary["best"]["params"],
         summary["baseline"],
+        summary["gain"],
         summary["finished"],
         max(ran, 0),
         config_path,
@@ -583,7 +611,13 @@ def write_summary(cfg: Config, study: Any, folder: Path, url: str) -> dict[str, 
         )
     complete = [t for t in trials if t["state"] == "complete"]
     best = max(complete, key=lambda t: t["value"]) if complete else None
-    baseline = next((t["value"] for t in complete if t["baseline"]), None)
+    baseline_trial = next((t for t in complete if t["baseline"]), None)
+    baseline = baseline_trial["value"] if baseline_trial else None
+    gain = (
+        paired_gain(folder, best["number"], baseline_trial["number"])
+        if best is not None and baseline_trial is not None
+        else None
+    )
     p = cfg.promote
     summary = {
         "study": study.study_name,
@@ -597,10 +631,35 @@ def write_summary(cfg: Config, study: Any, folder: Path, url: str) -> dict[str, 
         "trials": trials,
         "best": best,
         "baseline": baseline,
+        "gain": gain,
         "importances": importances(study),
     }
     atomic_write_json(summary, folder / "study.json")
     return summary
+
+
+def _save_users(folder: Path, number: int, values: np.ndarray) -> None:
+    """Each held-out user's value in trial ``number`` (for the paired gain of the best)."""
+    with atomic_path(folder / "users" / f"{number}.npy") as tmp, open(tmp, "wb") as handle:
+        np.save(handle, values, allow_pickle=False)
+
+
+def paired_gain(folder: Path, best: int, baseline: int) -> dict[str, float] | None:
+    """The best trial's mean gain over the baseline on the same held-out users, with the
+    standard error of that paired difference; None when either's values are not kept."""
+    try:
+        a = np.load(folder / "users" / f"{best}.npy", allow_pickle=False)
+        b = np.load(folder / "users" / f"{baseline}.npy", allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    if a.shape != b.shape or a.size < 2:
+        return None
+    diff = a - b
+    return {
+        "gain": float(diff.mean()),
+        "se": float(diff.std(ddof=1) / math.sqrt(diff.size)),
+        "users": int(diff.size),
+    }
 
 
 def read_summary(workspace: str | Path, study: str) -> dict[str, Any] | None:
