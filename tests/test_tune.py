@@ -153,7 +153,7 @@ def test_best_config_runs_with_train_and_run_and_the_report_shows_the_study(
     )
     done = cli.invoke(app, ["tune", "-c", str(config), "--trials", "3", "--study", "s1"])
     assert done.exit_code == 0, done.output
-    assert "tune: trial 2" in done.output or "best config" in done.output
+    assert "tune: trial 0 complete" in done.output and "best config" in done.output
     best = root / "ws" / "tune" / "s1" / "best.toml"
     tuned = load_config(best)
     summary = json.loads((root / "ws" / "tune" / "s1" / "study.json").read_text())
@@ -337,3 +337,28 @@ def test_the_gain_of_the_best_is_paired_on_the_same_users(tmp_path: Path, events
     assert result.gain["gain"] == pytest.approx(diff.mean(), abs=1e-12)
     assert result.gain["se"] == pytest.approx(diff.std(ddof=1) / np.sqrt(diff.size))
     assert result.gain["users"] == diff.size
+
+
+def test_json_logs_carry_one_trial_event_each(tmp_path: Path, events: Path) -> None:
+    done = cli.invoke(
+        app,
+        [
+            "--log-format",
+            "json",
+            "tune",
+            "--events",
+            str(events),
+            "-w",
+            str(tmp_path / "ws"),
+            "--trials",
+            "2",
+            "--set",
+            "train.num_boost_round=20",
+        ],
+    )
+    assert done.exit_code == 0, done.output
+    lines = [json.loads(line) for line in done.output.splitlines() if line.startswith("{")]
+    trials = [line for line in lines if line["event"] == "trial"]
+    assert [t["number"] for t in trials] == [0, 1]
+    assert trials[0]["state"] == "complete" and trials[0]["best"] == trials[0]["value"]
+    assert trials[1]["best"] == max(t["value"] for t in trials if t["value"] is not None)
