@@ -70,6 +70,7 @@ def main() -> None:
     summary = json.loads((workspace / "tune" / study / "study.json").read_text())
     trials = summary["trials"]
     seconds = [t["seconds"] for t in trials if t.get("seconds") is not None]
+    complete = [t["seconds"] for t in trials if t["state"] == "complete" and t.get("seconds")]
     result = {
         "events": args.events,
         "trials": args.trials,
@@ -77,10 +78,15 @@ def main() -> None:
         "trial_seconds": {
             "median": round(statistics.median(seconds), 1) if seconds else None,
             "max": round(max(seconds), 1) if seconds else None,
+            "median_complete": round(statistics.median(complete), 1) if complete else None,
             "baseline": next((t["seconds"] for t in trials if t["baseline"]), None),
         },
         "pruned": sum(t["state"] == "pruned" for t in trials),
-        "validation": {"config": summary["baseline"], "best": summary["best"]["value"]},
+        "validation": {
+            "config": summary["baseline"],
+            "best": summary["best"]["value"],
+            "paired_gain": summary["gain"],
+        },
         "best_trial": summary["best"]["number"],
         "best_params": summary["best"]["params"],
         "eval_fold": {
@@ -94,11 +100,17 @@ def main() -> None:
     for name, row in rows.items():
         print(f"{name:<16} {row['wall_s']:>8} {row['cpu_s']:>8} {row['rss_mb']:>8}")
     ts = result["trial_seconds"]
-    print(f"per trial: median {ts['median']} s, max {ts['max']} s; pruned {result['pruned']}")
+    print(
+        f"per trial: median {ts['median']} s (complete ones {ts['median_complete']} s), max "
+        f"{ts['max']} s; pruned {result['pruned']}"
+    )
     v, e = result["validation"], result["eval_fold"]
     print(
         f"validation (train fold, held-out users): config {v['config']:.4f}, best {v['best']:.4f}"
     )
+    if v["paired_gain"]:
+        g = v["paired_gain"]
+        print(f"  paired gain {g['gain']:+.4f}, standard error {g['se']:.4f}, {g['users']} users")
     print(f"eval fold purchase ndcg@10: defaults {e['defaults']:.4f}, tuned {e['tuned']:.4f}")
     print(json.dumps(result))
 
