@@ -369,6 +369,9 @@ def plot_tune_history(plt: Any, summary: dict[str, Any]) -> str:
     ax.step(xs, ys, where="post", color="#c44e52", label="best so far")
     if summary.get("baseline") is not None:
         ax.axhline(summary["baseline"], linestyle="--", color="#555", linewidth=1, label="trial 0")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial")
     ax.set_ylabel(summary["metric"])
     ax.legend(fontsize=7, loc="lower right")
@@ -415,7 +418,7 @@ def study_tables(summary: dict[str, Any]) -> tuple[str, list[list[str]], list[li
                 t["state"] + (f" at {t['pruned_at']}" if t.get("pruned_at") else ""),
                 _fmt(t["value"]),
                 ", ".join(str(v) for v in trees.values()) or "-",
-                _fmt(t.get("seconds")),
+                "-" if t.get("seconds") is None else f"{t['seconds']:.1f}",
             ]
         )
     return intro, params, trials
