@@ -44,6 +44,7 @@ def test_expected_commands_exist() -> None:
         "runs promote",
         "runs rollback",
         "runs show",
+        "tune",
         "train",
     }
 
