@@ -282,7 +282,11 @@ def _load_run_data(verified: Verified) -> RunData:
         if verified.has("data/users.parquet")
         else None
     )
-    folds = {
+    return RunData(events, users, items, attrs, user_attrs, _load_folds(verified))
+
+
+def _load_folds(verified: Verified) -> dict[str, Fold]:
+    return {
         name: Fold(
             name,
             datetime.fromisoformat(f["as_of"]),
@@ -290,7 +294,17 @@ def _load_run_data(verified: Verified) -> RunData:
         )
         for name, f in _read_json(verified, "folds.json").items()
     }
-    return RunData(events, users, items, attrs, user_attrs, folds)
+
+
+def _users_history(verified: Verified, fold: Fold, users: pl.Series) -> pl.DataFrame:
+    """``user, item`` of the events of ``users`` before ``fold.as_of``, read from the run's
+    events file with the filter pushed into the scan (not the whole log in memory)."""
+    return (
+        pl.scan_parquet(verified.path("data/events.parquet"))
+        .filter((pl.col(C.TS) < fold.as_of) & pl.col(C.USER).is_in(users.implode()))
+        .select(C.USER, C.ITEM)
+        .collect()
+    )
 
 
 @dataclass
@@ -1065,19 +1079,20 @@ def evaluate(cfg: Config) -> EvalResult:
         for model, frame in batch_lists.items():
             parts[model].append(frame)
     lists = {model: _concat_lists(frames) for model, frames in parts.items()}
-    data = _load_run_data(verified)
-    fold = data.folds["eval"]
+    # The metrics need the labels alone; the report, the history of the eval users.
+    fold = _load_folds(verified)["eval"]
     relevant = {target: relevant_items(labels, target) for target in cfg.eval.targets}
     eval_users = labels.select(C.USER).unique().height
-    small = eval_users * len(data.items) <= ORACLE_MAX_CELLS
+    items = Vocab.load(verified.path("vocab/items.parquet"))
+    small = eval_users * len(items) <= ORACLE_MAX_CELLS
     if cfg.eval.oracle == "always" or (cfg.eval.oracle == "auto" and small):
         oracle = oracle_lists(
             cfg.data.events,
             fold.as_of,
             cfg.folds.horizon_days,
             labels.select(C.USER).unique().sort(C.USER),
-            data.users,
-            data.items,
+            Vocab.load(verified.path("vocab/users.parquet")),
+            items,
             k_max,
         )
         if oracle is not None:
@@ -1110,7 +1125,8 @@ def evaluate(cfg: Config) -> EvalResult:
             users,
             curves,
             sampler,
-            data,
+            fold,
+            _users_history(verified, fold, labels[C.USER].unique()),
         )
         if cfg.eval.report
         else None
@@ -1145,10 +1161,11 @@ def _report_data(
     users: dict[str, int],
     curves: CurveCounter,
     sampler: ScoreSampler,
-    data: RunData,
+    fold: Fold,
+    users_history: pl.DataFrame,
 ) -> dict[str, Any]:
-    """What the eval report draws (``report/data.json``): see ``gbrank.evaluation``."""
-    fold = data.folds["eval"]
+    """What the eval report draws (``report/data.json``): see ``gbrank.evaluation``;
+    ``users_history``: the eval users' events before ``fold.as_of`` (user, item)."""
     k_max = max(cfg.eval.ks)
     served = cfg.blend.serve if cfg.blend.serve in scored_models else scored_models[0]
     k0 = cfg.eval.ks[0]
@@ -1170,7 +1187,7 @@ def _report_data(
         "recall_curves": curves.curves({t: relevant[t].unique().height for t in relevant}),
         "by_k": by_k_curves(lists, relevant, k_max),
         "breakdowns": breakdowns(
-            reports, lists, relevant, history(data.events, fold), [served, best_source], k0
+            reports, lists, relevant, users_history, [served, best_source], k0
         ),
         "scores": sampler.histograms(),
         "importance": _read_json(verified, "models/importance.json"),
