@@ -8,6 +8,7 @@ best.toml`` (generate and features reused, train and eval run; the gate may refu
 is recorded, not an error). Prints a table and JSON.
 
     python bench/bench_tune.py --events 1M --trials 20
+    python bench/bench_tune.py --config imported/gbrank.toml --trials 20   # real data
 """
 
 from __future__ import annotations
@@ -42,26 +43,37 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="tune this config's data instead of a synthetic shop (its workspace is replaced)",
+    )
     args = parser.parse_args()
     root = args.workdir or Path(tempfile.mkdtemp(prefix="gbrank_tune_"))
     root.mkdir(parents=True, exist_ok=True)
-    shop = root / "shop"
-    if not (shop / "events.parquet").exists():
-        synth_shop(args.events, shop, args.seed)
     workspace = root / "ws"
     config = root / "gbrank.toml"
-    config.write_text(
-        f'[data]\nevents = "{shop / "events.parquet"}"\nitems = "{shop / "items.parquet"}"\n'
-        f'users = "{shop / "users.parquet"}"\n[run]\nworkspace = "{workspace}"\n'
-    )
+    where: list[str] = []
+    if args.config is not None:
+        config = args.config.resolve()
+        where = ["-w", str(workspace)]  # best.toml then holds this workspace
+    else:
+        shop = root / "shop"
+        if not (shop / "events.parquet").exists():
+            synth_shop(args.events, shop, args.seed)
+        config.write_text(
+            f'[data]\nevents = "{shop / "events.parquet"}"\nitems = "{shop / "items.parquet"}"\n'
+            f'users = "{shop / "users.parquet"}"\n[run]\nworkspace = "{workspace}"\n'
+        )
     gbrank = [sys.executable, "-m", "gbrank.cli"]
     probes = [speed_probe()]
     rows: dict[str, dict[str, float]] = {}
-    rows["run (defaults)"] = run_stage([*gbrank, "run", "-c", str(config)])
+    rows["run (defaults)"] = run_stage([*gbrank, "run", "-c", str(config), *where])
     base = newest_run(workspace, set())
     study = f"bench-{args.trials}"
     rows["tune"] = run_stage(
-        [*gbrank, "tune", "-c", str(config), "--trials", str(args.trials), "--study", study]
+        [*gbrank, "tune", "-c", str(config), *where, "--trials", str(args.trials), "--study", study]
     )
     best = workspace / "tune" / study / "best.toml"
     rows["run (tuned)"] = run_stage([*gbrank, "run", "-c", str(best)], ok=(0, 3))
@@ -72,7 +84,7 @@ def main() -> None:
     seconds = [t["seconds"] for t in trials if t.get("seconds") is not None]
     complete = [t["seconds"] for t in trials if t["state"] == "complete" and t.get("seconds")]
     result = {
-        "events": args.events,
+        "data": str(args.config) if args.config else f"synthetic {args.events}",
         "trials": args.trials,
         "stages": rows,
         "trial_seconds": {
