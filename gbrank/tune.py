@@ -54,7 +54,7 @@ from gbrank import columns as C
 from gbrank import pipeline
 from gbrank.atomic import atomic_path, atomic_write_json, atomic_write_text
 from gbrank.config import Config, dump_toml
-from gbrank.errors import ConfigError, warn
+from gbrank.errors import ConfigError, DataError, warn
 from gbrank.progress import report
 from gbrank.rankers.base import Ranker
 from gbrank.rankers.blend import heads_of
@@ -116,7 +116,6 @@ RANKER_SPACE: dict[str, tuple[Param, ...]] = {
         Param("reg_lambda", 1e-3, 30.0, log=True),
     ),
 }
-RANK_ONLY = ("lambdarank_truncation_level",)  # not a binary head's parameter
 
 
 def _candidate_space(cfg: Config) -> list[tuple[Param, tuple[str, str]]]:
@@ -214,10 +213,11 @@ def load_tune_data(cfg: Config) -> TuneData:
     fit, early = rows.filter(~in_valid), rows.filter(in_valid)
     del rows
     if fit.is_empty() or early.is_empty():
-        raise ConfigError(
+        raise DataError(
             f"the train fold's sample has {fit[C.USER].n_unique()} training and "
-            f"{early[C.USER].n_unique()} held-out users: nothing to tune on. Fix: more data, or "
-            "a train.valid_fraction that leaves users on both sides"
+            f"{early[C.USER].n_unique()} held-out users: nothing to tune on",
+            column=C.RAW_USER,
+            fix="use more data, or a train.valid_fraction that leaves users on both sides",
         )
     key = verified.records["features"]["key"]
     cache = Path(cfg.run.workspace) / TUNE_DIR / "valid" / f"{key}-{_split_tag(cfg)}.parquet"
@@ -280,9 +280,7 @@ def fit_heads(
     heads: dict[str, Ranker] = {}
     for index, name in enumerate(heads_of(cfg.blend.serve, cfg.blend.weights)):
         head = head_spec(name, cfg.train.cvr_rows)
-        ranker = pipeline.head_ranker(cfg, head)
-        if head.kind != "rank":
-            ranker.params = {k: v for k, v in ranker.params.items() if k not in RANK_ONLY}
+        ranker = pipeline.head_ranker(cfg, head)  # exactly as `train` makes it
         watch = None
         if monitor is not None and index == 0:
             # Higher is better for the pruner: NDCG as it is, log loss negated.

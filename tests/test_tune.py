@@ -362,3 +362,19 @@ def test_json_logs_carry_one_trial_event_each(tmp_path: Path, events: Path) -> N
     assert [t["number"] for t in trials] == [0, 1]
     assert trials[0]["state"] == "complete" and trials[0]["best"] == trials[0]["value"]
     assert trials[1]["best"] == max(t["value"] for t in trials if t["value"] is not None)
+
+
+def test_a_served_product_of_binary_heads_is_tuned_on_its_heads(
+    tmp_path: Path, events: Path
+) -> None:
+    cfg = make_cfg(
+        tmp_path / "ws",
+        events,
+        "tune.trials=2",
+        'train.heads=["ranker", "ctr", "cvr"]',
+        'blend.serve="ctr_cvr"',
+    )
+    tuning.tune(cfg)
+    trials = trials_of(cfg)
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert set(trials[0].user_attrs["trees"]) == {"ctr", "cvr"}  # the ranker is not served
