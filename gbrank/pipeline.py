@@ -1266,22 +1266,6 @@ def served_top_k(
     return _concat_lists(lists)
 
 
-def gate_value(
-    cfg: Config,
-    heads: dict[str, Ranker],
-    serve: str,
-    weights: dict[str, dict[str, float]],
-    batches: Iterable[pl.DataFrame],
-    labels: pl.DataFrame,
-) -> float:
-    """``promote.metric`` at ``promote.k`` on ``promote.target`` of model ``serve`` over
-    ``batches``, against ``labels`` (every labelled user counts, found or not): the figure the
-    promotion gate compares and the tuner maximises."""
-    return gate_report(cfg, heads, serve, weights, batches, labels).value(
-        cfg.promote.metric, cfg.promote.k
-    )
-
-
 def gate_report(
     cfg: Config,
     heads: dict[str, Ranker],
@@ -1290,7 +1274,10 @@ def gate_report(
     batches: Iterable[pl.DataFrame],
     labels: pl.DataFrame,
 ) -> Any:
-    """:func:`gate_value`'s :class:`~gbrank.metrics.RankingReport` (with each user's value)."""
+    """``promote.metric`` at ``promote.k`` on ``promote.target`` of model ``serve`` over
+    ``batches``, against ``labels`` (every labelled user counts, found or not), as a
+    :class:`~gbrank.metrics.RankingReport` with each user's value: the figure the promotion
+    gate compares (``.value(metric, k)``) and the tuner maximises."""
     p = cfg.promote
     recs = served_top_k(heads, serve, weights, batches, p.k)
     return ranking_metrics(recs, relevant_items(labels, p.target), ks=[p.k], metrics=[p.metric])

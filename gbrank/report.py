@@ -267,6 +267,19 @@ def _md_table(table: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _add_table(h: list[str], md: list[str], level: int, title: str, table: list[list[str]]) -> None:
+    """A heading and a table, to the HTML and the Markdown pages alike."""
+    h.append(f"<h{level}>{html.escape(title)}</h{level}>{_html_table(table)}")
+    md += [f"{'#' * level} {title}", "", _md_table(table), ""]
+
+
+def _add_plot(h: list[str], md: list[str], level: int, name: str, svg: str, prefix: str) -> None:
+    """A heading and plot ``name``: inline SVG in HTML, a link to ``prefix<name>.svg`` in
+    Markdown."""
+    h.append(f"<h{level}>{TITLES[name]}</h{level}><figure data-plot='{name}'>{svg}</figure>")
+    md += [f"{'#' * level} {TITLES[name]}", "", f"![{TITLES[name]}]({prefix}{name}.svg)", ""]
+
+
 CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1280px; color: #222;
        padding: 0 1em; }
@@ -312,16 +325,12 @@ def render(data: dict[str, Any], rows: list[dict[str, Any]]) -> tuple[str, str, 
     h.append("<h2>Metrics</h2>")
     md += ["## Metrics", ""]
     for target in data["targets"]:
-        table = metrics_table(rows, target, data)
-        h.append(f"<h3>target: {html.escape(target)}</h3>{_html_table(table)}")
-        md += [f"### target: {target}", "", _md_table(table), ""]
+        _add_table(h, md, 3, f"target: {target}", metrics_table(rows, target, data))
     binary = binary_table(rows)
     if len(binary) > 1:
-        h.append(f"<h3>Binary heads</h3>{_html_table(binary)}")
-        md += ["### Binary heads", "", _md_table(binary), ""]
+        _add_table(h, md, 3, "Binary heads", binary)
     for name in PLOTS:
-        h.append(f"<h2>{TITLES[name]}</h2><figure data-plot='{name}'>{svgs[name]}</figure>")
-        md += [f"## {TITLES[name]}", "", f"![{TITLES[name]}](report/{name}.svg)", ""]
+        _add_plot(h, md, 2, name, svgs[name], "report/")
     h.append(
         "<h2>Breakdowns</h2><p class='note'>Users by history before as_of (cold: none; "
         "warm users by activity decile, 1 = least active); positives by whether the user "
@@ -330,9 +339,7 @@ def render(data: dict[str, Any], rows: list[dict[str, Any]]) -> tuple[str, str, 
     )
     md += ["## Breakdowns", ""]
     for target in data["targets"]:
-        table = breakdown_table(data, target)
-        h.append(f"<h3>target: {html.escape(target)}</h3>{_html_table(table)}")
-        md += [f"### target: {target}", "", _md_table(table), ""]
+        _add_table(h, md, 3, f"target: {target}", breakdown_table(data, target))
     if data.get("tuning"):
         study = study_svgs(data["tuning"])
         section, markdown = study_section(data["tuning"], study, "report/")
@@ -430,13 +437,10 @@ def study_section(summary: dict[str, Any], svgs: dict[str, str], prefix: str) ->
     h = [f"<h2>Tuning</h2><p>{html.escape(intro)}</p>"]
     md = ["## Tuning", "", intro, ""]
     if len(params) > 1:
-        h.append(f"<h3>Best parameters</h3>{_html_table(params)}")
-        md += ["### Best parameters", "", _md_table(params), ""]
+        _add_table(h, md, 3, "Best parameters", params)
     for name in STUDY_PLOTS:
-        h.append(f"<h3>{TITLES[name]}</h3><figure data-plot='{name}'>{svgs[name]}</figure>")
-        md += [f"### {TITLES[name]}", "", f"![{TITLES[name]}]({prefix}{name}.svg)", ""]
-    h.append(f"<h3>Trials</h3>{_html_table(trials)}")
-    md += ["### Trials", "", _md_table(trials), ""]
+        _add_plot(h, md, 3, name, svgs[name], prefix)
+    _add_table(h, md, 3, "Trials", trials)
     return "\n".join(h), "\n".join(md)
 
 

@@ -238,7 +238,8 @@ def champion_metric(cfg: Config, run: Run, champion: Run) -> float:
                 f"build ({', '.join(missing[:5])}), so it cannot be scored on this run's eval fold"
             )
     batches = pipeline.user_batches(features_path, cfg.eval.batch_rows)
-    return pipeline.gate_value(cfg, heads, serve, weights, batches, labels)
+    found = pipeline.gate_report(cfg, heads, serve, weights, batches, labels)
+    return found.value(cfg.promote.metric, cfg.promote.k)
 
 
 def promotion_gate(cfg: Config, run: Run) -> Decision:

@@ -43,7 +43,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,7 @@ from gbrank.progress import report
 from gbrank.rankers.base import Ranker
 from gbrank.rankers.blend import heads_of
 from gbrank.rankers.sampling import head_rows, head_spec, learnable_rows
-from gbrank.runs import STAGES, WorkspaceLock
+from gbrank.runs import STAGES, Verified, WorkspaceLock
 
 TUNE_DIR = "tune"
 REPORT_EVERY = 10  # rounds between two reports of the validation metric to the pruner
@@ -173,7 +173,6 @@ class TuneData:
     labels: pl.DataFrame  # the held-out users' labels (every positive, found or not)
     features: list[str]
     run_id: str
-    settled: dict[str, str] = field(default_factory=dict)  # stage -> cached/reused/ran
 
 
 def valid_users(labels: pl.DataFrame, cfg: Config) -> np.ndarray:
@@ -183,26 +182,23 @@ def valid_users(labels: pl.DataFrame, cfg: Config) -> np.ndarray:
     return users[pipeline.validation_mask(users, cfg)]
 
 
-def settle_upstream(cfg: Config) -> tuple[Any, dict[str, str]]:
+def settle_upstream(cfg: Config) -> Verified:
     """Generate and features for ``cfg`` (cached, reused from another run, or run), under the
-    workspace lock the caller holds; returns the run and how each stage was settled."""
+    workspace lock the caller holds; returns their checked records."""
     from gbrank.runner import settle_stage
 
     fp = pipeline.input_fingerprint(cfg)
     run = pipeline.open_run(cfg, fp)
     hashes = pipeline._config_hashes(cfg)
-    how = {}
-    for index, stage in enumerate(STAGES[:2]):
-        how[stage], _ = settle_stage(cfg, run, index, hashes, fp)
-    return run, how
+    for index in range(2):
+        settle_stage(cfg, run, index, hashes, fp)
+    return run.verify(STAGES[2], hashes, fp)
 
 
 def load_tune_data(cfg: Config) -> TuneData:
     """The train fold's sample split by the validation hash, and the held-out users' full
     candidate lists with their features (built once per features key, then read back)."""
-    run, how = settle_upstream(cfg)
-    hashes = pipeline._config_hashes(cfg)
-    verified = run.verify("train", hashes, pipeline.input_fingerprint(cfg))
+    verified = settle_upstream(cfg)
     labels = pipeline._read_parquet(verified, "labels/train.parquet")
     held_out = pl.Series(C.USER, valid_users(labels, cfg), dtype=pl.Int32)
     rows = pipeline._read_parquet(verified, "features/train.parquet").sort(C.USER, C.ITEM)
@@ -232,8 +228,7 @@ def load_tune_data(cfg: Config) -> TuneData:
         lists,
         labels.filter(pl.col(C.USER).is_in(held_out.implode())),
         features,
-        run.id,
-        how,
+        verified.run.id,
     )
 
 
