@@ -783,3 +783,103 @@ def test_a_truncated_source_file_is_a_damaged_artifact(tmp_path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(DamagedArtifactError, match="cannot read the fitted source"):
         load_source(path)
+
+
+THREADED_CASES = [
+    "als",
+    "itemknn_cosine",
+    "covisit",
+    "covisit_session_exp",
+    "covisit_forward_linear_chunked",
+]
+
+
+@pytest.mark.parametrize("case", THREADED_CASES)
+def test_scoring_threads_and_batch_sizes_do_not_change_a_source(
+    case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches (and co-visitation chunks) run on several threads; the fitted state and the
+    lists must be those of one thread, batch after batch, in order."""
+    import gbrank.candidates._scoring as scoring
+
+    data, users = medium(), np.arange(300, dtype=np.int32)
+
+    def fitted_and_lists(threads: int) -> tuple[CandidateSource, pl.DataFrame]:
+        monkeypatch.setattr(scoring, "scoring_threads", lambda: threads)
+        source = fit(CASES[case](), data)
+        return source, source.generate(users, data.k)
+
+    monkeypatch.setattr(scoring, "BATCH_CELLS", 2000)  # batches of a few users
+    one, one_lists = fitted_and_lists(1)
+    four, four_lists = fitted_and_lists(4)
+    matrix = scoring.interaction_matrix(
+        data.history, n_users=300, n_items=200, event_weights=[1, 1, 1, 1]
+    )
+    assert len(list(scoring.warm_user_batches(users, matrix))) > 20  # many batches per call
+    assert one_lists.height > 0
+    assert_frame_equal(four_lists, one_lists)
+    if isinstance(one, CoVisitationSource):
+        assert isinstance(four, CoVisitationSource)
+        assert_frame_equal(four.neighbours_, one.neighbours_)
+        assert (four.n_chunks_, four.n_pairs_) == (one.n_chunks_, one.n_pairs_)
+    monkeypatch.setattr(scoring, "BATCH_CELLS", 1 << 24)  # one batch
+    _, whole = fitted_and_lists(1)
+    assert_frame_equal(whole, one_lists)
+
+
+def test_scoring_threads_follow_the_cores_and_polars_max_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gbrank.candidates._scoring import MAX_SCORING_THREADS, imap_batches, scoring_threads
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    monkeypatch.delenv("POLARS_MAX_THREADS", raising=False)
+    assert scoring_threads() == MAX_SCORING_THREADS
+    monkeypatch.setenv("POLARS_MAX_THREADS", "3")
+    assert scoring_threads() == 3
+    monkeypatch.setenv("POLARS_MAX_THREADS", "1")
+    assert scoring_threads() == 1
+    # Results come back in input order even when later batches finish first.
+    import time
+
+    monkeypatch.setenv("POLARS_MAX_THREADS", "4")
+    slow_first = list(imap_batches(lambda i: time.sleep(0.02 * (5 - i)) or i, range(6)))
+    assert slow_first == list(range(6))
+
+
+@pytest.mark.parametrize("case", ["covisit", "covisit_session_exp", "covisit_buy2buy"])
+def test_covisit_counts_the_same_from_time_ordered_or_shuffled_events(case: str) -> None:
+    """Loaded events come in (time, user, item, event) order, and co-visitation then sorts
+    by the group alone; the counts must be those of the full sort of shuffled events."""
+    from gbrank.candidates.covisit import _time_ordered
+
+    data = medium()
+    ordered = data.history.sort(TS, USER, ITEM, EVENT)
+    shuffled = ordered.sample(fraction=1.0, shuffle=True, seed=3)
+    millis = pl.col(TS).cast(pl.Int64)
+    assert _time_ordered(ordered.with_columns(millis))
+    assert not _time_ordered(shuffled.with_columns(millis))
+
+    def counts(history: pl.DataFrame) -> CoVisitationSource:
+        source = CASES[case]()
+        assert isinstance(source, CoVisitationSource)
+        return source.fit(history, n_users=300, n_items=200, as_of=AS_OF)
+
+    fast, slow = counts(ordered), counts(shuffled)
+    assert fast.neighbours_.height > 0
+    assert_frame_equal(fast.neighbours_, slow.neighbours_)
+    assert (fast.profile_ != slow.profile_).nnz == 0
+
+
+def test_time_order_check_looks_at_the_columns_of_tied_timestamps() -> None:
+    from gbrank.candidates.covisit import _time_ordered
+
+    def frame(rows: list[tuple[int, int, int, int]]) -> pl.DataFrame:
+        return pl.DataFrame(rows, schema=[TS, USER, ITEM, EVENT], orient="row")
+
+    assert _time_ordered(frame([(1, 0, 5, 0), (1, 0, 5, 1), (1, 1, 0, 0), (2, 0, 0, 0)]))
+    assert not _time_ordered(frame([(1, 0, 5, 1), (1, 0, 5, 0)]))  # event out of order
+    assert not _time_ordered(frame([(1, 0, 6, 0), (1, 0, 5, 3)]))  # item out of order
+    assert not _time_ordered(frame([(1, 1, 0, 0), (1, 0, 9, 9)]))  # user out of order
+    assert not _time_ordered(frame([(2, 0, 0, 0), (1, 0, 0, 0)]))  # time out of order
+    assert _time_ordered(frame([(1, 0, 0, 0), (1, 0, 0, 0)]))  # duplicates are in order

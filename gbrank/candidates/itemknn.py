@@ -14,6 +14,7 @@ from implicit.utils import ParameterWarning
 from gbrank.candidates._scoring import (
     candidates_from_parts,
     interaction_matrix,
+    map_batches,
     top_k_sparse,
     warm_user_batches,
 )
@@ -116,10 +117,11 @@ class ItemKNNSource(CandidateSource):
     def _generate(self, users: np.ndarray, k: int) -> pl.DataFrame:
         # Row similarity[j] holds the neighbours of item j, so one product scores a whole batch:
         # score(u, i) = sum_j user_items[u, j] * similarity[j, i], as implicit's scorer does.
-        similarity = self.similarity_
-        parts = []
-        for batch in warm_user_batches(users, self.user_items_):
-            block = self.user_items_[batch]
+        similarity, user_items = self.similarity_, self.user_items_
+
+        def score(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            block = user_items[batch]
             exclude = block if self.filter_seen else None
-            parts.append(top_k_sparse(batch, block @ similarity, k, exclude=exclude))
-        return candidates_from_parts(parts, k)
+            return top_k_sparse(batch, block @ similarity, k, exclude=exclude)
+
+        return candidates_from_parts(map_batches(score, warm_user_batches(users, user_items)), k)
