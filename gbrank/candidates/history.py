@@ -69,7 +69,18 @@ class HistorySource(CandidateSource):
         users: pl.DataFrame | None,
     ) -> None:
         decayed = event_weight_expr(self.event_weights) * decay_expr(as_of, self.half_life_days)
-        scored = history.lazy().group_by(USER, ITEM).agg(decayed.sum().alias(SCORE))
+        # Grouped on one int64 key (user, item), decoded after: faster than on two columns.
+        pair = pl.col(USER).cast(pl.Int64) * n_items + pl.col(ITEM)
+        scored = (
+            history.lazy()
+            .group_by(pair.alias("_pair"))
+            .agg(decayed.sum().alias(SCORE))
+            .select(
+                (pl.col("_pair") // n_items).alias(USER),
+                (pl.col("_pair") % n_items).alias(ITEM),
+                SCORE,
+            )
+        )
         # Rank every pair once; generate only filters by user and rank.
         self.ranked_ = rank_candidates(scored, None)
 

@@ -108,7 +108,6 @@ class PopularitySource(CandidateSource):
                     (pl.col(_PAIR) % n_items).cast(pl.Int32).alias(ITEM),
                 )
                 .collect()
-                .rechunk()  # one chunk, as a sort leaves it: the same saved bytes
             )
             self.seen_counts_ = self.seen_.group_by(USER, maintain_order=True).agg(
                 pl.len().cast(pl.Int32).alias(_N_SEEN)

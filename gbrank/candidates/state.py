@@ -111,7 +111,9 @@ def save_source(source: CandidateSource, path: Path) -> None:
 
 def _frame_bytes(frame: pl.DataFrame) -> np.ndarray:
     buffer = io.BytesIO()
-    frame.write_ipc(buffer, compression="uncompressed")
+    # One record batch whatever the chunks a parallel operation left: the same state is the
+    # same bytes.
+    frame.rechunk().write_ipc(buffer, compression="uncompressed")
     return np.frombuffer(buffer.getbuffer(), dtype=np.uint8)
 
 
