@@ -66,7 +66,13 @@ from gbrank.executor import LocalExecutor, TableWriter
 from gbrank.features.builders import FeatureBuilder, feature_columns
 from gbrank.features.families.source import put_percentiles, sample_percentiles
 from gbrank.features.labels import attach_labels, build_labels, relevant_items
-from gbrank.metrics import binary_rows, candidate_report, metrics_rows, ranking_metrics
+from gbrank.metrics import (
+    RankingReport,
+    binary_rows,
+    candidate_report,
+    metrics_rows,
+    ranking_metrics,
+)
 from gbrank.progress import steps
 from gbrank.rankers.base import Ranker, cap_groups
 from gbrank.rankers.blend import blend_names, heads_of, model_scores
@@ -1273,7 +1279,7 @@ def gate_report(
     weights: dict[str, dict[str, float]],
     batches: Iterable[pl.DataFrame],
     labels: pl.DataFrame,
-) -> Any:
+) -> RankingReport:
     """``promote.metric`` at ``promote.k`` on ``promote.target`` of model ``serve`` over
     ``batches``, against ``labels`` (every labelled user counts, found or not), as a
     :class:`~gbrank.metrics.RankingReport` with each user's value: the figure the promotion

@@ -303,6 +303,7 @@ def validation_values(cfg: Config, data: TuneData, heads: dict[str, Ranker]) -> 
     found = pipeline.gate_report(
         cfg, heads, cfg.blend.serve, cfg.blend.weights, batches, data.labels
     )
+    assert found.per_user is not None  # ranking_metrics always fills it
     per_user = found.per_user.filter(pl.col("k") == cfg.promote.k).sort(C.USER)
     return per_user[cfg.promote.metric].to_numpy().astype(np.float64)
 

@@ -791,6 +791,8 @@ THREADED_CASES = [
     "covisit",
     "covisit_session_exp",
     "covisit_forward_linear_chunked",
+    "segment_category",
+    "segment_user",
 ]
 
 

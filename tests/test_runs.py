@@ -12,13 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
+from shops import shop_config, shop_events
 from typer.testing import CliRunner
 
 from gbrank import atomic, runner
 from gbrank.atomic import file_sha256
 from gbrank.cli import app
 from gbrank.config import Config, load_config
-from gbrank.data.synth import SynthConfig, synthesize
 from gbrank.errors import (
     EXIT_DATA,
     EXIT_IO,
@@ -38,17 +38,11 @@ WEAK = ["run.seed=3", "train.num_boost_round=1"]
 
 @pytest.fixture(scope="module")
 def events(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("shop")
-    synthesize(SynthConfig(users=300, items=120, days=28, seed=1), root / "shop")
-    return root / "shop" / "events.parquet"
+    return shop_events(tmp_path_factory, users=300, items=120, seed=1)
 
 
 def make_cfg(workspace: Path, events: Path, *overrides: str) -> Config:
-    return load_config(
-        None,
-        [f'data.events="{events}"', f'run.workspace="{workspace}"', "train.num_boost_round=20"]
-        + list(overrides),
-    )
+    return shop_config(workspace, events, "train.num_boost_round=20", *overrides)
 
 
 def write_config(root: Path, events: Path) -> Path:

@@ -16,6 +16,7 @@ import numpy as np
 import optuna
 import polars as pl
 import pytest
+from shops import shop_config, shop_events
 from typer.testing import CliRunner
 
 from gbrank import columns as C
@@ -24,7 +25,6 @@ from gbrank import tune as tuning
 from gbrank.candidates import state
 from gbrank.cli import app
 from gbrank.config import Config, load_config
-from gbrank.data.synth import SynthConfig, synthesize
 from gbrank.errors import EXIT_USAGE, ConfigError
 from gbrank.features.labels import relevant_items
 from gbrank.rankers.lightgbm import LightGBMRanker
@@ -37,23 +37,12 @@ cli = CliRunner()
 
 @pytest.fixture(scope="module")
 def events(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("shop")
-    synthesize(SynthConfig(users=400, items=150, days=28, seed=2), root / "shop")
-    return root / "shop" / "events.parquet"
+    return shop_events(tmp_path_factory, users=400, items=150, seed=2)
 
 
 def make_cfg(workspace: Path, events: Path, *overrides: str) -> Config:
-    return load_config(
-        None,
-        [
-            f'data.events="{events}"',
-            f'run.workspace="{workspace}"',
-            "train.num_boost_round=30",
-            "eval.bootstrap=0",
-            "eval.report=false",
-            *overrides,
-        ],
-    )
+    quick = ("train.num_boost_round=30", "eval.bootstrap=0", "eval.report=false")
+    return shop_config(workspace, events, *quick, *overrides)
 
 
 def trials_of(cfg: Config) -> list[optuna.trial.FrozenTrial]:

@@ -14,6 +14,7 @@ from gbrank.candidates._scoring import (
     MAX_BATCH_USERS,
     candidates_from_parts,
     interaction_matrix,
+    map_batches,
     top_k_sparse,
 )
 from gbrank.candidates.base import (
@@ -208,7 +209,7 @@ class SegmentPopularitySource(CandidateSource):
         extra = self.extra_[users] if self.filter_seen else np.zeros(users.size, dtype=np.int64)
         depth_class = np.ceil(np.log2(extra + 1)).astype(np.int64)
         segments_per_user = int(np.diff(self.user_weights_.indptr).max(initial=1))
-        parts = []
+        blocks = []  # (batch, shares): scored side by side, like the other matrix sources
         for depth in np.unique(depth_class):
             cut = self.ranking_.filter(pl.col(_POS) < k + 2 ** int(depth) - 1)
             shares = sp.csr_matrix(
@@ -218,11 +219,16 @@ class SegmentPopularitySource(CandidateSource):
             group = users[depth_class == depth]
             per_user = int(np.diff(shares.indptr).max(initial=1)) * segments_per_user
             size = max(1, min(MAX_BATCH_USERS, BATCH_CELLS // per_user))
-            for start in range(0, group.size, size):
-                batch = group[start : start + size]
-                exclude = self.seen_[batch] if self.filter_seen else None
-                scores = self.user_weights_[batch] @ shares
-                parts.append(top_k_sparse(batch, scores, k, exclude=exclude))
+            blocks += [
+                (group[start : start + size], shares) for start in range(0, group.size, size)
+            ]
+
+        def score(block: tuple[np.ndarray, sp.csr_matrix]) -> tuple[np.ndarray, ...]:
+            batch, shares = block
+            exclude = self.seen_[batch] if self.filter_seen else None
+            return top_k_sparse(batch, self.user_weights_[batch] @ shares, k, exclude=exclude)
+
+        parts = map_batches(score, blocks)
         if not parts:
             return empty_candidates()
         # Depth groups interleave users: one stable sort by user restores the order.
