@@ -510,6 +510,20 @@ def fold_source_loader(verified: Verified, fold: str) -> Callable[[str], Candida
     return lambda name: load_source(verified.path(source_file(fold, name)))
 
 
+def fold_builder(cfg: Config, data: RunData, verified: Verified, fold: str) -> FeatureBuilder:
+    """The feature builder of labelled fold ``fold``: its history and cut-off, the attribute
+    tables, and the models the generate stage fitted on it (not fitted again)."""
+    cut = data.folds[fold]
+    return FeatureBuilder.from_config(
+        cfg,
+        history(data.events, cut),
+        cut.as_of,
+        items=data.item_attrs,
+        users=data.user_attrs,
+        shared=feature_models(cfg, fold_source_loader(verified, fold)),
+    )
+
+
 def fit_serving_sources(
     cfg: Config, data: RunData, run: Run, seconds: dict[str, dict[str, float]]
 ) -> list[str]:
@@ -711,7 +725,6 @@ def build_features(cfg: Config) -> FeaturesResult:
     shards: dict[str, int] = {}
     names: list[str] = []
     for name in LABELLED_FOLDS:
-        fold = data.folds[name]
         cands = _read_parquet(verified, f"candidates/{name}.parquet")
         labels = _read_parquet(verified, f"labels/{name}.parquet")
         spec = sample_spec(cfg)
@@ -724,14 +737,7 @@ def build_features(cfg: Config) -> FeaturesResult:
             percentiles = sample_percentiles(cands, keys, list(cfg.candidates.sources))
             cands = cands.join(keys, on=[C.USER, C.ITEM], how="semi", maintain_order="left")
             del graded, keys
-        builder = FeatureBuilder.from_config(
-            cfg,
-            history(data.events, fold),
-            fold.as_of,
-            items=data.item_attrs,
-            users=data.user_attrs,
-            shared=feature_models(cfg, fold_source_loader(verified, name)),
-        )
+        builder = fold_builder(cfg, data, verified, name)
         shards[name] = plan_shards(cands.height, cfg.features.shards, cfg.features.shard_rows)
 
         features_of = functools.partial(

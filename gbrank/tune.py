@@ -241,21 +241,11 @@ def _list_features(
 ) -> pl.DataFrame:
     """Features of the held-out users' whole train-fold candidate lists, built as the eval
     fold's are (no precomputed percentiles: each list is whole)."""
-    from gbrank.features.builders import FeatureBuilder
     from gbrank.features.sharding import plan_shards, split_shards
 
-    data = pipeline._load_run_data(verified)
-    fold = data.folds["train"]
     cands = pipeline._read_parquet(verified, "candidates/train.parquet")
     cands = cands.filter(pl.col(C.USER).is_in(held_out.implode()))
-    builder = FeatureBuilder.from_config(
-        cfg,
-        pipeline.history(data.events, fold),
-        fold.as_of,
-        items=data.item_attrs,
-        users=data.user_attrs,
-        shared=pipeline.feature_models(cfg, pipeline.fold_source_loader(verified, "train")),
-    )
+    builder = pipeline.fold_builder(cfg, pipeline._load_run_data(verified), verified, "train")
     shards = plan_shards(cands.height, cfg.features.shards, cfg.features.shard_rows)
     parts = [
         pipeline._labelled_features(shard, builder=builder, labels=labels, percentiles=None)
