@@ -27,6 +27,8 @@ TITLES = {
     "importance": "Feature importance (gain, top 30)",
     "calibration": "Calibration of the CTR and CVR heads",
     "scores": "Score distributions by label",
+    "tune_history": "Tuning: optimisation history",
+    "tune_importance": "Tuning: parameter importances (PED-ANOVA)",
 }
 GRADE_NAMES = {"0": "no event", "1": "view", "2": "click", "3": "cart", "4": "purchase"}
 
@@ -351,8 +353,6 @@ def render(data: dict[str, Any], rows: list[dict[str, Any]]) -> tuple[str, str, 
 
 
 STUDY_PLOTS = ("tune_history", "tune_importance")
-TITLES["tune_history"] = "Tuning: optimisation history"
-TITLES["tune_importance"] = "Tuning: parameter importances (PED-ANOVA)"
 
 
 def plot_tune_history(plt: Any, summary: dict[str, Any]) -> str:

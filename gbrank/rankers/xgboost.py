@@ -65,10 +65,12 @@ class _Monitor(xgb.callback.TrainingCallback):
         self.monitor = monitor
 
     def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
+        # The first metric of the first validation set: the one early stopping watches.
         for metrics in evals_log.values():
-            for values in metrics.values():
+            values = next(iter(metrics.values()), None)
+            if values:
                 self.monitor(epoch + 1, float(values[-1]))
-                return False
+            break
         return False
 
 
