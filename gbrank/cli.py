@@ -83,6 +83,21 @@ SetOpt = Annotated[
 WorkspaceOpt = Annotated[
     Path | None, typer.Option("--workspace", "-w", help="Workspace folder (run.workspace).")
 ]
+ExecutorOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--executor",
+        help="Where the sharded stages run their shards: local or dask (run.executor).",
+    ),
+]
+SchedulerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--scheduler",
+        help="Dask scheduler address, tcp://host:8786 (run.scheduler; implies --executor dask); "
+        "without it, --executor dask starts a LocalCluster.",
+    ),
+]
 EventsOpt = Annotated[
     str | None, typer.Option("--events", help="Events file, glob or folder (data.events).")
 ]
@@ -197,15 +212,28 @@ def resolve_config(
     overrides: list[str] | None,
     workspace: Path | None = None,
     events: str | None = None,
+    executor: str | None = None,
+    scheduler: str | None = None,
 ) -> Config:
     """Config file (explicit, or ./gbrank.toml), then --set overrides, then dedicated flags."""
     path = config_path(config)
-    extra = list(overrides or [])
+    extra = list(overrides or []) + executor_overrides(executor, scheduler)
     if workspace is not None:
         extra.append(f"run.workspace={_toml_str(str(workspace))}")
     if events is not None:
         extra.append(f"data.events={_toml_str(events)}")
     return load_config(path, extra)
+
+
+def executor_overrides(executor: str | None, scheduler: str | None) -> list[str]:
+    """``--executor`` and ``--scheduler`` as config overrides (a scheduler implies dask)."""
+    extra = []
+    if scheduler is not None:
+        extra.append(f"run.scheduler={_toml_str(scheduler)}")
+        executor = executor or "dask"
+    if executor is not None:
+        extra.append(f"run.executor={_toml_str(executor)}")
+    return extra
 
 
 def _toml_str(text: str) -> str:
@@ -377,6 +405,8 @@ def features(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     workspace: WorkspaceOpt = None,
+    executor: ExecutorOpt = None,
+    scheduler: SchedulerOpt = None,
     list_: Annotated[
         bool,
         typer.Option(
@@ -395,7 +425,9 @@ def features(
         return
     from gbrank import pipeline
 
-    result = pipeline.build_features(resolve_config(config, set_, workspace))
+    result = pipeline.build_features(
+        resolve_config(config, set_, workspace, executor=executor, scheduler=scheduler)
+    )
     _echo(f"run {result.run.path}")
     _echo(
         f"{len(result.features)} features; rows: "
@@ -485,6 +517,8 @@ def recommend(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     workspace: WorkspaceOpt = None,
+    executor: ExecutorOpt = None,
+    scheduler: SchedulerOpt = None,
 ) -> None:
     """Top-K items per user at the end of the data (raw ids, score, rank)."""
     from gbrank import pipeline
@@ -496,10 +530,10 @@ def recommend(
         ws = (
             workspace if workspace is not None else Path(resolve_config(config, set_).run.workspace)
         )
-        cfg = run_config(resolve_run(ws, run))
+        cfg = run_config(resolve_run(ws, run), executor_overrides(executor, scheduler))
         result = pipeline.write_recommendations(cfg, k, out, users, check_inputs=False, fmt=fmt)
     else:
-        cfg = resolve_config(config, set_, workspace)
+        cfg = resolve_config(config, set_, workspace, executor=executor, scheduler=scheduler)
         result = pipeline.write_recommendations(cfg, k, out, users, fmt=fmt)
     _echo(
         f"wrote {result.rows:,} rows for {result.n_users:,} users "
@@ -541,6 +575,8 @@ def run_(
     set_: SetOpt = None,
     workspace: WorkspaceOpt = None,
     events: EventsOpt = None,
+    executor: ExecutorOpt = None,
+    scheduler: SchedulerOpt = None,
 ) -> None:
     """Every stage (reusing what is still valid), the evaluation, then promotion to `current`
     if the run does not regress against the champion (exit 3 when refused). For cron."""
@@ -553,7 +589,7 @@ def run_(
     with WorkspaceLock(ws, "run"):
         from gbrank.runner import run_pipeline
 
-        cfg = resolve_config(config, set_, workspace, events)
+        cfg = resolve_config(config, set_, workspace, events, executor, scheduler)
         try:
             result = run_pipeline(cfg)
         except PromotionRefused as exc:

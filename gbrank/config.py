@@ -30,6 +30,7 @@ from gbrank.errors import ConfigError, MissingInputError
 
 DEFAULT_CONFIG_FILE = "gbrank.toml"
 PREDICTORS = ("auto", "lightgbm", "lleaves")
+EXECUTORS = ("local", "dask")
 
 
 def _default_event_map() -> dict[str, str]:
@@ -302,6 +303,15 @@ class RunConfig:
     # Empty: a name derived from the hash of the resolved config, so stage commands run one by
     # one with the same config share a run folder.
     run_id: str = ""
+    # Where the sharded stages (features, recommend) run their shards: "local" (this process,
+    # one shard after the other) or "dask" (one Dask task per shard; pip install 'gbrank[dask]').
+    # The outputs are the same bytes either way.
+    executor: str = "local"
+    # executor = "dask": the scheduler's address (tcp://host:8786); empty starts a LocalCluster
+    # of `workers` processes on this machine for the command's duration.
+    scheduler: str = ""
+    # LocalCluster workers (0: one per core), each given cores / workers threads.
+    workers: int = 0
 
 
 @dataclass
@@ -508,6 +518,10 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             f"eval.predictor must be one of {', '.join(PREDICTORS)}, got {cfg.eval.predictor!r}"
         )
+    if cfg.run.executor not in EXECUTORS:
+        raise ConfigError(f"run.executor must be 'local' or 'dask', got {cfg.run.executor!r}")
+    if cfg.run.workers < 0:
+        raise ConfigError(f"run.workers must be 0 (one per core) or more, got {cfg.run.workers}")
     if cfg.eval.users < 0:
         raise ConfigError(f"eval.users must be 0 (every user) or positive, got {cfg.eval.users}")
     if cfg.eval.oracle not in ("auto", "always", "never"):

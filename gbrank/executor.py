@@ -6,8 +6,25 @@ shards to run it on. :meth:`LocalExecutor.run` calls the function for each shard
 stage with an output file, appends each result to it through :class:`TableWriter`: row groups
 of one Parquet file, or lines of one CSV, under a temporary name that is renamed only when the
 last shard is written. The per-shard functions never touch run artifacts, so this loop is the
-one place where a stage's shards meet its files, and the place a distributed executor (Dask,
-one task per shard) plugs in.
+one place where a stage's shards meet its files.
+
+A stage that can run on a cluster hands its shards over as a :class:`Task`: a module-level
+function of (context, shard) and a :class:`Context`, a small description of what every shard
+needs (the run folder, the fold, the config) that builds the heavy object (a fold's feature
+builder, the serving models) once per process. :class:`LocalExecutor` builds it once here (or
+takes the one the stage already holds); :class:`DaskExecutor` sends the
+task to the workers, each of which builds the context once and keeps it for the next shard.
+
+The Dask executor (``run.executor = "dask"``) sends each shard of a task to a Dask cluster. The
+shard's rows are written to the workspace's staging folder (a frame) or sent as they are (a
+small array of user codes); on a worker, the task builds its context once (kept per worker
+process by its key: a worker given ten shards of a fold builds that fold's feature builder
+once), runs the per-shard function and writes its result under a temporary name renamed into
+place (Dask may run a task twice: the second run writes the same bytes over the first). The
+task returns only the result's row count and sha256; this process reads each result back in
+shard order, checks its hash and appends it to the stage's output, so the artifacts are the
+bytes the local loop writes. The workspace must be on storage every worker sees under the same
+path (a local disk for a ``LocalCluster``; NFS or a shared volume for a cluster).
 
 Example:
     >>> import tempfile, pathlib
@@ -21,17 +38,60 @@ Example:
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import os
+import shutil
+import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
+import numpy as np
 import polars as pl
 
-from gbrank.atomic import atomic_path, check_table_suffix
+from gbrank.atomic import atomic_path, atomic_write_parquet, check_table_suffix, file_sha256
+from gbrank.errors import ConfigError, GbrankError
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+class Context(Protocol):
+    """What every shard of a task needs besides its rows, as a few plain values (it travels to
+    the workers); :meth:`build` makes the object itself, once per process."""
+
+    @property
+    def key(self) -> str:
+        """Names the run, the fold and the settings: equal keys build equal objects."""
+        ...
+
+    def build(self) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Task(Generic[T, R]):
+    """``fn(context.build(), shard)`` for each shard. ``fn`` must be a module-level function
+    (workers import it by name); ``label`` names the task in a cluster's dashboard."""
+
+    fn: Callable[[Any, T], R]
+    context: Context
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class Shared:
+    """A frame every shard of a task reads (a training sample's percentiles): held in memory
+    by the local loop, a file in the staging folder for a cluster."""
+
+    path: str = ""
+    frame: pl.DataFrame | None = None
+
+    def read(self) -> pl.DataFrame:
+        return self.frame if self.frame is not None else pl.read_parquet(self.path)
 
 
 class LocalExecutor:
@@ -39,27 +99,274 @@ class LocalExecutor:
 
     name = "local"
 
+    def share(self, frame: pl.DataFrame) -> Shared:
+        """``frame``, readable by every task of the stage."""
+        return Shared(frame=frame)
+
+    def release(self) -> None:
+        """The end of a stage: shared frames and the workers' contexts are dropped."""
+
     def map(self, stage: str, fn: Callable[[T], R], shards: Iterable[T]) -> Iterator[R]:
         """``fn(shard)`` for each shard, in order (lazily: the next shard starts when the
         caller asks for it)."""
         for shard in shards:
             yield fn(shard)
 
+    def map_task(
+        self, stage: str, task: Task[T, R], shards: Iterable[T], *, built: Any = None
+    ) -> Iterator[R]:
+        """``task.fn(context, shard)`` for each shard, in order; the context is ``built``
+        when the caller already holds it, else built here once."""
+        context = built if built is not None else task.context.build()
+        for shard in shards:
+            yield task.fn(context, shard)
+
     def run(
         self,
         stage: str,
-        fn: Callable[[T], pl.DataFrame],
+        fn: Callable[[T], pl.DataFrame] | Task[T, pl.DataFrame],
         shards: Iterable[T],
         out: Path,
         *,
         empty: Callable[[], pl.DataFrame] | None = None,
+        built: Any = None,
         **options: Any,
     ) -> int:
-        """Write ``fn(shard)`` for every shard to ``out`` (.parquet or .csv); returns the rows
-        written. ``empty`` makes the frame (schema) to write when no shard returns a row."""
+        """Write ``fn(shard)`` (or a task's results) for every shard to ``out`` (.parquet or
+        .csv); returns the rows written. ``empty`` makes the frame (schema) to write when no
+        shard returns a row."""
+        frames = (
+            self.map_task(stage, fn, shards, built=built)
+            if isinstance(fn, Task)
+            else self.map(stage, fn, shards)
+        )
         with TableWriter(out, **options) as writer:
-            writer.write_all(self.map(stage, fn, shards), empty=empty)
+            writer.write_all(frames, empty=empty)
         return writer.rows
+
+
+#: The environment a worker needs before it imports Polars or a BLAS: Polars reads its thread
+#: count once, at import.
+THREAD_VARIABLES = (
+    "POLARS_MAX_THREADS",
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+)
+
+
+class DaskUnavailableError(ConfigError):
+    """``run.executor = "dask"`` without Dask installed."""
+
+
+def _require_dask() -> Any:
+    try:
+        import distributed
+    except ImportError:
+        raise DaskUnavailableError(
+            "run.executor is 'dask' but dask.distributed is not installed. Fix: "
+            "pip install 'gbrank[dask]', or set run.executor = 'local'"
+        ) from None
+    return distributed
+
+
+def worker_env(workers: int, cores: int = 0) -> dict[str, str]:
+    """Thread settings for each of ``workers`` worker processes sharing ``cores`` cores (0:
+    the cores this process may use)."""
+    threads = str(max(1, (cores or _cores()) // max(workers, 1)))
+    return {name: threads for name in THREAD_VARIABLES}
+
+
+def start_local_cluster(workers: int = 0) -> Any:
+    """A ``LocalCluster`` of ``workers`` processes (0: one per core) on loopback, one task at a
+    time each, each given its share of the cores (:func:`worker_env`) before it starts."""
+    distributed = _require_dask()
+    n = workers or _cores()
+    return distributed.LocalCluster(
+        n_workers=n,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        env=worker_env(n),
+    )
+
+
+@contextlib.contextmanager
+def local_cluster(workers: int = 0) -> Iterator[str]:
+    """:func:`start_local_cluster` for the block; yields the scheduler's address."""
+    cluster = start_local_cluster(workers)
+    try:
+        yield cluster.scheduler_address
+    finally:
+        cluster.close()
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+# --------------------------------------------------------------------------- worker side
+
+_contexts: dict[str, Any] = {}  # context key -> built object, in this (worker) process
+
+
+def _context(task: Task[Any, Any]) -> Any:
+    """The task's context, built once per process: a new key (the next fold, another run)
+    replaces the one kept, so a worker holds one fold's history at a time."""
+    key = task.context.key
+    if key not in _contexts:
+        _contexts.clear()
+        _contexts[key] = task.context.build()
+    return _contexts[key]
+
+
+def forget_contexts() -> int:
+    """On a worker: drop the kept contexts (the end of a stage); returns how many."""
+    n = len(_contexts)
+    _contexts.clear()
+    return n
+
+
+def run_shard(task: Task[Any, pl.DataFrame], shard: Any, out: str) -> dict[str, Any]:
+    """On a worker: one shard of ``task``, its result written atomically to ``out``."""
+    rows = pl.read_parquet(shard) if isinstance(shard, str) else shard
+    frame = task.fn(_context(task), rows)
+    path = Path(out)
+    atomic_write_parquet(frame, path)
+    return {"rows": frame.height, "sha256": file_sha256(path)}
+
+
+# --------------------------------------------------------------------------- the executor
+
+
+class DaskExecutor(LocalExecutor):
+    """Runs tasks on a Dask cluster, one task per shard, ``2 x workers`` shards in flight; the
+    results come back in shard order. Closures (stages not written as tasks) run here, as in
+    the local loop."""
+
+    name = "dask"
+
+    def __init__(self, client: Any, staging: str | Path, cluster: Any = None) -> None:
+        self.client = client
+        self.staging = Path(staging).absolute()
+        self.cluster = cluster  # a LocalCluster this executor started (closed with it)
+        self._shared: list[Path] = []
+
+    @classmethod
+    def connect(cls, address: str, staging: str | Path, *, workers: int = 0) -> DaskExecutor:
+        """The executor of the scheduler at ``address``; empty: of a new LocalCluster of
+        ``workers`` processes."""
+        distributed = _require_dask()
+        cluster = None
+        if not address:
+            cluster = start_local_cluster(workers)
+            address = cluster.scheduler_address
+        try:
+            client = distributed.Client(address, timeout="20s", set_as_default=False)
+        except (OSError, TimeoutError) as exc:
+            raise ConfigError(
+                f"cannot reach the Dask scheduler at {address} (run.scheduler): {exc}. Fix: "
+                "start it (`dask scheduler`, then `dask worker <address>` on each machine), "
+                "give its address with --scheduler, or leave run.scheduler empty for a "
+                "LocalCluster"
+            ) from exc
+        return cls(client, staging, cluster)
+
+    def close(self) -> None:
+        self.release()
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+    def share(self, frame: pl.DataFrame) -> Shared:
+        path = self.staging / f"shared-{uuid.uuid4().hex[:8]}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_parquet(frame, path)
+        self._shared.append(path)
+        return Shared(path=str(path))
+
+    def release(self) -> None:
+        while self._shared:
+            self._shared.pop().unlink(missing_ok=True)
+        self.client.run(forget_contexts)
+
+    @property
+    def workers(self) -> int:
+        return max(1, len(self.client.scheduler_info(n_workers=-1)["workers"]))
+
+    def map_task(
+        self, stage: str, task: Task[T, R], shards: Iterable[T], *, built: Any = None
+    ) -> Iterator[R]:
+        """Each shard's result (a frame), in order. ``built`` (the context in this process)
+        is not used: the workers build their own."""
+        token = uuid.uuid4().hex[:8]
+        folder = self.staging / f"{stage}-{token}"
+        folder.mkdir(parents=True, exist_ok=True)
+        window = 2 * self.workers
+        pending: deque[tuple[Any, Path, Path | None]] = deque()
+        try:
+            for i, shard in enumerate(shards):
+                pending.append(self._submit(stage, task, shard, folder, token, i))
+                if len(pending) >= window:
+                    yield self._collect(*pending.popleft())
+            while pending:
+                yield self._collect(*pending.popleft())
+        finally:
+            for future, _, _ in pending:
+                future.cancel()
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _submit(
+        self, stage: str, task: Task[Any, Any], shard: Any, folder: Path, token: str, i: int
+    ) -> tuple[Any, Path, Path | None]:
+        source: Path | None = None
+        payload: Any = shard
+        if isinstance(shard, pl.DataFrame):  # rows travel through the shared storage
+            source = folder / f"in-{i:05d}.parquet"
+            atomic_write_parquet(shard, source)
+            payload = str(source)
+        elif not isinstance(shard, np.ndarray):
+            raise TypeError(f"a shard is a DataFrame or an array, not {type(shard).__name__}")
+        out = folder / f"out-{i:05d}.parquet"
+        key = f"gbrank-{stage}-{task.label or 'task'}-shard{i:05d}-{token}"
+        future = self.client.submit(run_shard, task, payload, str(out), key=key, pure=False)
+        return future, out, source
+
+    def _collect(self, future: Any, out: Path, source: Path | None) -> Any:
+        meta = future.result()
+        if file_sha256(out) != meta["sha256"]:
+            raise GbrankError(
+                f"the shard result {out} changed after its task wrote it: is the staging "
+                "folder shared by another run?"
+            )
+        frame = pl.read_parquet(out)
+        out.unlink()
+        if source is not None:
+            source.unlink(missing_ok=True)
+        return frame
+
+
+_executors: dict[tuple[str, int, str], DaskExecutor] = {}
+
+
+def dask_executor(scheduler: str, workers: int, staging: str | Path) -> DaskExecutor:
+    """One :class:`DaskExecutor` per scheduler (or LocalCluster size) and staging folder for
+    this process: ``gbrank run``'s stages share one cluster, closed when the process exits."""
+    key = (scheduler, workers, str(Path(staging).absolute()))
+    if key not in _executors:
+        _executors[key] = DaskExecutor.connect(scheduler, staging, workers=workers)
+        if len(_executors) == 1:
+            atexit.register(close_executors)
+    return _executors[key]
+
+
+def close_executors() -> None:
+    """Close every executor :func:`dask_executor` opened (and the LocalClusters it started)."""
+    while _executors:
+        _, executor = _executors.popitem()
+        with contextlib.suppress(Exception):  # a scheduler already gone
+            executor.close()
 
 
 class TableWriter:

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
@@ -62,7 +63,7 @@ from gbrank.evaluation import (
     interval_rows,
     oracle_lists,
 )
-from gbrank.executor import LocalExecutor, TableWriter
+from gbrank.executor import LocalExecutor, Shared, TableWriter, Task
 from gbrank.features.builders import FeatureBuilder, feature_columns
 from gbrank.features.families.source import put_percentiles, sample_percentiles
 from gbrank.features.labels import attach_labels, build_labels, relevant_items
@@ -703,57 +704,128 @@ def _labelled_features(
     return attach_labels(frame, labels)
 
 
+@dataclass
+class FoldFeatureContext:
+    """What every shard of a fold's features needs: the fold's builder, labels and (train
+    fold) the training sample's score percentiles."""
+
+    builder: FeatureBuilder
+    labels: pl.DataFrame
+    percentiles: pl.DataFrame | None
+
+
+@dataclass(frozen=True)
+class FoldFeatures:
+    """The :class:`~gbrank.executor.Context` of the features stage's shards of one fold, as
+    plain values: a worker rebuilds the fold's builder from the run folder (whose files it
+    checks against the records, as this process did)."""
+
+    cfg: Config
+    run_dir: str
+    records: dict[str, Any]
+    fold: str
+    percentiles: Shared | None
+
+    @property
+    def key(self) -> str:
+        shared = self.percentiles.path if self.percentiles is not None else ""
+        return f"features:{self.run_dir}:{self.fold}:{_stage_hash(self)}:{shared}"
+
+    def build(self) -> FoldFeatureContext:
+        verified = Verified(Run(Path(self.run_dir)), self.records)
+        data = _load_run_data(verified)
+        return FoldFeatureContext(
+            fold_builder(self.cfg, data, verified, self.fold),
+            _read_parquet(verified, f"labels/{self.fold}.parquet"),
+            self.percentiles.read() if self.percentiles is not None else None,
+        )
+
+
+def _stage_hash(context: FoldFeatures) -> str:
+    return stage_config_hash(context.cfg, "features")[:16]
+
+
+def features_shard(context: FoldFeatureContext, shard: pl.DataFrame) -> pl.DataFrame:
+    """The features stage's per-shard function (a :class:`~gbrank.executor.Task`'s)."""
+    return _labelled_features(
+        shard, builder=context.builder, labels=context.labels, percentiles=context.percentiles
+    )
+
+
+STAGING = ".staging"  # in the workspace: shard rows and results on their way to the workers
+
+
+def stage_executor(cfg: Config) -> LocalExecutor:
+    """The executor of ``run.executor``: the local loop, or the process's Dask executor for
+    ``run.scheduler`` (a LocalCluster of ``run.workers`` when empty)."""
+    if cfg.run.executor != "dask":
+        return LocalExecutor()
+    from gbrank.executor import dask_executor
+
+    return dask_executor(cfg.run.scheduler, cfg.run.workers, Path(cfg.run.workspace) / STAGING)
+
+
 @locked("features")
 def build_features(cfg: Config) -> FeaturesResult:
     """Stage 2: leak-free features (history before each fold's as_of) plus labels.
 
     Users are split into shards by a hash of their code; each shard's features are built and
     appended to the fold's Parquet file (one row group per shard) before the next shard starts,
-    so peak memory follows the shard size.
+    so peak memory follows the shard size. With ``run.executor = "dask"`` the shards are built
+    on the cluster's workers and written in the same order: the same bytes.
     """
     from gbrank.features.sharding import plan_shards, split_shards
 
     t0 = time.perf_counter()
-    executor = LocalExecutor()
     run, verified = verify_run(cfg, "features", link=True)
     data = _load_run_data(verified)
     for name in LABELLED_FOLDS:  # check every input before the first write
         verified.path(f"candidates/{name}.parquet")
         verified.path(f"labels/{name}.parquet")
+    executor = stage_executor(cfg)
     run.begin_stage("features")
     rows: dict[str, int] = {}
     shards: dict[str, int] = {}
     names: list[str] = []
-    for name in LABELLED_FOLDS:
-        cands = _read_parquet(verified, f"candidates/{name}.parquet")
-        labels = _read_parquet(verified, f"labels/{name}.parquet")
-        spec = sample_spec(cfg)
-        percentiles: pl.DataFrame | None = None
-        if name == "train":
-            # The ranker learns from a sample: features are built for it alone. What depends on
-            # the user's whole candidate list (score percentiles) is computed on it first.
-            graded = attach_labels(cands.select(C.USER, C.ITEM, cs.ends_with("_rank")), labels)
-            keys = sample_keys(graded, spec)
-            percentiles = sample_percentiles(cands, keys, list(cfg.candidates.sources))
-            cands = cands.join(keys, on=[C.USER, C.ITEM], how="semi", maintain_order="left")
-            del graded, keys
-        builder = fold_builder(cfg, data, verified, name)
-        shards[name] = plan_shards(cands.height, cfg.features.shards, cfg.features.shard_rows)
-
-        features_of = functools.partial(
-            _labelled_features, builder=builder, labels=labels, percentiles=percentiles
-        )
-        rows[name] = executor.run(
-            "features",
-            features_of,
-            split_shards(cands, shards[name]),
-            run.file(f"features/{name}.parquet"),
-            empty=functools.partial(features_of, cands.clear()),
-            # Dictionary pages buy little on float features and cost half the time.
-            use_dictionary=False,
-        )
-        written = pl.read_parquet_schema(run.file(f"features/{name}.parquet"))
-        names = feature_columns(pl.DataFrame(schema=written))
+    try:
+        for name in LABELLED_FOLDS:
+            cands = _read_parquet(verified, f"candidates/{name}.parquet")
+            labels = _read_parquet(verified, f"labels/{name}.parquet")
+            spec = sample_spec(cfg)
+            percentiles: pl.DataFrame | None = None
+            if name == "train":
+                # The ranker learns from a sample: features are built for it alone. What
+                # depends on the user's whole candidate list (score percentiles) is computed
+                # on it first.
+                graded = attach_labels(cands.select(C.USER, C.ITEM, cs.ends_with("_rank")), labels)
+                keys = sample_keys(graded, spec)
+                percentiles = sample_percentiles(cands, keys, list(cfg.candidates.sources))
+                cands = cands.join(keys, on=[C.USER, C.ITEM], how="semi", maintain_order="left")
+                del graded, keys
+            shards[name] = plan_shards(cands.height, cfg.features.shards, cfg.features.shard_rows)
+            # The builder is lazy: on a cluster, this one computes nothing (the workers build
+            # their own), unless no shard has a row and it makes the empty frame.
+            local = FoldFeatureContext(fold_builder(cfg, data, verified, name), labels, percentiles)
+            shared = executor.share(percentiles) if percentiles is not None else None
+            task = Task(
+                features_shard,
+                FoldFeatures(cfg, str(run.path.absolute()), verified.records, name, shared),
+                label=f"{run.id}-{name}",
+            )
+            rows[name] = executor.run(
+                "features",
+                task,
+                split_shards(cands, shards[name]),
+                run.file(f"features/{name}.parquet"),
+                empty=functools.partial(features_shard, local, cands.clear()),
+                built=local if executor.name == "local" else None,
+                # Dictionary pages buy little on float features and cost half the time.
+                use_dictionary=False,
+            )
+            written = pl.read_parquet_schema(run.file(f"features/{name}.parquet"))
+            names = feature_columns(pl.DataFrame(schema=written))
+    finally:
+        executor.release()
     run.record_stage(
         "features", time.perf_counter() - t0, rows=rows, shards=shards, n_features=len(names)
     )
@@ -1406,6 +1478,38 @@ def read_user_list(path: Path) -> pl.Series:
     return ids
 
 
+@dataclass
+class ServingModels:
+    sources: list[CandidateSource]
+    heads: dict[str, Ranker]
+    predictor: str  # the served head's: lleaves, lightgbm or xgboost
+    builder: FeatureBuilder
+
+
+@dataclass(frozen=True)
+class Serving:
+    """The :class:`~gbrank.executor.Context` of ``recommend``'s batches: a worker loads the
+    same run (named, its files checked against their records) and serves batches of it."""
+
+    cfg: Config  # run.run_id names the run
+    k: int
+    users_file: str | None
+
+    @property
+    def key(self) -> str:
+        text = json.dumps(self.cfg.to_dict(), sort_keys=True, default=str)
+        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+        return f"recommend:{self.cfg.run.workspace}:{self.cfg.run.run_id}:{self.k}:{digest}"
+
+    def build(self) -> Recommender:
+        return Recommender(self.cfg, self.k, self.users_file, check_inputs=False)
+
+
+def serve_batch(recommender: Recommender, batch: np.ndarray) -> pl.DataFrame:
+    """``recommend``'s per-batch function (a :class:`~gbrank.executor.Task`'s)."""
+    return recommender.serve(batch)
+
+
 class Recommender:
     """Serves top-``k`` lists at the end of the data, batch by batch of users.
 
@@ -1426,15 +1530,11 @@ class Recommender:
         check_inputs: bool = True,
     ) -> None:
         raw = read_user_list(Path(users_file)) if users_file is not None else None
-        _, verified = verify_run(cfg, "eval", check_inputs)  # every stage up to train
-        self.cfg, self.k = cfg, k
-        self.data = data = _load_run_data(verified)
-        needed = heads_of(cfg.blend.serve, cfg.blend.weights)
-        self.heads = {name: _load_ranker(verified, model_stem(name, "serve")) for name in needed}
-        self.budgets: dict[str, int] = _read_json(verified, "candidates/budgets.json")
-        load = fold_source_loader(verified, "inference")
-        loaded = {name: load(name) for name in cfg.candidates.sources}
-        self.sources = list(loaded.values())
+        run, self.verified = verify_run(cfg, "eval", check_inputs)  # every stage up to train
+        self.cfg, self.k, self.users_file = cfg, k, users_file
+        self.run_dir = str(run.path.absolute())
+        self.data = data = _load_run_data(self.verified)
+        self.budgets: dict[str, int] = _read_json(self.verified, "candidates/budgets.json")
         if raw is not None:
             codes = data.users.encode(raw)
             self.known = codes.drop_nulls().unique().sort().to_numpy()
@@ -1442,29 +1542,6 @@ class Recommender:
         else:
             self.known = np.arange(len(data.users), dtype=np.int32)
             self.cold_raw = pl.Series(C.RAW_USER, [], dtype=data.users.dtype)
-        # At most this many candidates per user: the predictor is chosen on the bound.
-        per_user = sum(self.budgets.values())
-        if cfg.candidates.max_per_user > 0:
-            per_user = min(per_user, cfg.candidates.max_per_user)
-        predictors = {
-            name: prepare_scoring(ranker, cfg, len(self.known) * per_user)
-            for name, ranker in self.heads.items()
-        }
-        self.predictor = predictors[needed[0]]
-        fold = data.folds["inference"]
-        hist = history(data.events, fold)
-        popularity = build_source("popularity", "popularity", {"filter_seen": False}).fit(
-            hist, n_users=len(data.users), n_items=len(data.items), as_of=fold.as_of
-        )
-        self.pop_list = popularity.generate(np.array([0], dtype=np.int32), k)[C.ITEM].to_list()
-        self.builder = FeatureBuilder.from_config(
-            cfg,
-            hist,
-            fold.as_of,
-            items=data.item_attrs,
-            users=data.user_attrs,
-            shared=feature_models(cfg, loaded.__getitem__),  # the sources loaded above
-        )
         # Raw user ids keep the vocabulary's type, unless an unknown id does not parse as it:
         # then every id is written as text (decided now, so every batch has one schema).
         self.user_dtype: pl.DataType = data.users.dtype
@@ -1472,6 +1549,49 @@ class Recommender:
             parsed = self.cold_raw.cast(self.user_dtype, strict=False)
             if parsed.null_count() > 0:
                 self.user_dtype = pl.String()
+
+    @functools.cached_property
+    def models(self) -> ServingModels:
+        """The fitted sources, the serving heads (compiled when ``eval.predictor`` says so)
+        and the feature builder: loaded on the first batch this process serves (a cluster's
+        workers load their own)."""
+        cfg, data, verified = self.cfg, self.data, self.verified
+        needed = heads_of(cfg.blend.serve, cfg.blend.weights)
+        heads = {name: _load_ranker(verified, model_stem(name, "serve")) for name in needed}
+        load = fold_source_loader(verified, "inference")
+        loaded = {name: load(name) for name in cfg.candidates.sources}
+        # At most this many candidates per user: the predictor is chosen on the bound.
+        per_user = sum(self.budgets.values())
+        if cfg.candidates.max_per_user > 0:
+            per_user = min(per_user, cfg.candidates.max_per_user)
+        predictors = {
+            name: prepare_scoring(ranker, cfg, len(self.known) * per_user)
+            for name, ranker in heads.items()
+        }
+        fold = data.folds["inference"]
+        builder = FeatureBuilder.from_config(
+            cfg,
+            history(data.events, fold),
+            fold.as_of,
+            items=data.item_attrs,
+            users=data.user_attrs,
+            shared=feature_models(cfg, loaded.__getitem__),  # the sources loaded above
+        )
+        return ServingModels(list(loaded.values()), heads, predictors[needed[0]], builder)
+
+    @functools.cached_property
+    def pop_list(self) -> list[int]:
+        """The most popular items at the end of the data: what short lists are topped up
+        with, and what unknown users get."""
+        data = self.data
+        fold = data.folds["inference"]
+        popularity = build_source("popularity", "popularity", {"filter_seen": False}).fit(
+            history(data.events, fold),
+            n_users=len(data.users),
+            n_items=len(data.items),
+            as_of=fold.as_of,
+        )
+        return popularity.generate(np.array([0], dtype=np.int32), self.k)[C.ITEM].to_list()
 
     @property
     def n_users(self) -> int:
@@ -1487,14 +1607,14 @@ class Recommender:
         """The lists of one batch of known users: ``user_id, item_id, score, rank``."""
         from gbrank.features.sharding import plan_shards, split_shards
 
-        cfg = self.cfg
-        frames = {s.name: s.generate(batch, self.budgets[s.name]) for s in self.sources}
+        cfg, models = self.cfg, self.models
+        frames = {s.name: s.generate(batch, self.budgets[s.name]) for s in models.sources}
         cands = combine(cfg, frames, self.budgets)
         del frames
         n_shards = plan_shards(cands.height, cfg.features.shards, cfg.features.shard_rows)
         lists = []
         for shard in split_shards(cands, n_shards):
-            feats = self.builder.build(shard)
+            feats = models.builder.build(shard)
             scored = feats.select(C.USER, C.ITEM).with_columns(
                 pl.Series(C.SCORE, self.score(feats), dtype=pl.Float64)
             )
@@ -1506,14 +1626,22 @@ class Recommender:
 
     def score(self, feats: pl.DataFrame) -> np.ndarray:
         """The served score (``blend.serve``) of feature rows holding whole users."""
-        scores = {name: ranker.predict(feats) for name, ranker in self.heads.items()}
+        scores = {name: ranker.predict(feats) for name, ranker in self.models.heads.items()}
         users = feats[C.USER].to_numpy()
         return model_scores(self.cfg.blend.serve, scores, users, self.cfg.blend.weights)
 
     def batches(self, executor: LocalExecutor | None = None) -> Iterator[pl.DataFrame]:
-        """Frames of ``user_id, item_id, score, rank`` (raw ids), known users first."""
+        """Frames of ``user_id, item_id, score, rank`` (raw ids), known users first; the
+        batches are served by ``executor`` (default: ``run.executor``)."""
         batches = list(self.user_batches())
-        served = (executor or LocalExecutor()).map("recommend", self.serve, batches)
+        executor = executor or stage_executor(self.cfg)
+        # A worker serves the same run: the one this process verified, named.
+        pinned = copy.deepcopy(self.cfg)
+        pinned.run.workspace = str(Path(self.run_dir).parent.parent)
+        pinned.run.run_id = Path(self.run_dir).name
+        users_file = str(Path(self.users_file).absolute()) if self.users_file else None
+        task = Task(serve_batch, Serving(pinned, self.k, users_file), label=pinned.run.run_id)
+        served = executor.map_task("recommend", task, batches, built=self)
         yield from steps("recommend", "user batches", served, len(batches))
         if self.cold_raw.len():
             yield self._cold()

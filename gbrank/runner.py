@@ -205,12 +205,14 @@ def served_metric(cfg: Config, run: Run) -> float:
     raise MissingInputError(f"run {run.path}: metrics.json has no {metric_name(cfg)}: rerun eval")
 
 
-def run_config(run: Run) -> Config:
-    """The config a run was made with (its config.toml), pointed at its own folder."""
+def run_config(run: Run, overrides: list[str] | None = None) -> Config:
+    """The config a run was made with (its config.toml), pointed at its own folder;
+    ``overrides`` (``key=value``) change settings that leave its outputs alone, such as
+    ``run.executor``."""
     path = run.file("config.toml")
     if not path.exists():
         raise MissingInputError(f"run {run.path} has no config.toml: it is not complete")
-    cfg = load_config(path)
+    cfg = load_config(path, overrides or [])
     cfg.run.workspace = str(run.workspace)
     cfg.run.run_id = run.id
     return cfg

@@ -661,7 +661,7 @@ def test_compiled_predictor_gives_the_same_metrics_and_lists(
     np.testing.assert_allclose(fast.metrics["value"], base.metrics["value"], rtol=0, atol=1e-12)
     assert_frame_equal(base.metrics, results["eval"].metrics)  # the default here: LightGBM
     recommender = pipeline.Recommender(compiled, k=10)
-    assert recommender.predictor == "lleaves"
+    assert recommender.models.predictor == "lleaves"
     lists = pipeline.recommend(compiled, k=10).recs
     assert_frame_equal(
         lists.drop("score"), pipeline.recommend(plain, k=10).recs.drop("score"), check_exact=True
