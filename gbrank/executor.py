@@ -155,6 +155,9 @@ THREAD_VARIABLES = (
 )
 
 
+CONNECT_TIMEOUT = "20s"  # how long a client waits for an unreachable scheduler
+
+
 class DaskUnavailableError(ConfigError):
     """``run.executor = "dask"`` without Dask installed."""
 
@@ -263,7 +266,7 @@ class DaskExecutor(LocalExecutor):
             cluster = start_local_cluster(workers)
             address = cluster.scheduler_address
         try:
-            client = distributed.Client(address, timeout="20s", set_as_default=False)
+            client = distributed.Client(address, timeout=CONNECT_TIMEOUT, set_as_default=False)
         except (OSError, TimeoutError) as exc:
             raise ConfigError(
                 f"cannot reach the Dask scheduler at {address} (run.scheduler): {exc}. Fix: "

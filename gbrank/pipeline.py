@@ -170,13 +170,17 @@ def _input_paths(cfg: Config) -> tuple[list[tuple[str, Path]], Path | None]:
     return paths, workspace if workspace.is_dir() else None
 
 
+#: run.* keys that leave a run's outputs alone: runs that differ only in them share a folder.
+NOT_IN_RUN_ID = ("workspace", "run_id", "executor", "scheduler", "workers")
+
+
 def run_id_for(cfg: Config, fingerprint: str | None = None) -> str:
-    """``run.run_id``, or 12 hex digits over the config (without the workspace and the input
-    paths) and the content of the inputs."""
+    """``run.run_id``, or 12 hex digits over the config (without the workspace, the input
+    paths and where the shards run) and the content of the inputs."""
     if cfg.run.run_id:
         return cfg.run.run_id
     resolved = cfg.to_dict()
-    resolved["run"] = {k: v for k, v in resolved["run"].items() if k not in ("workspace", "run_id")}
+    resolved["run"] = {k: v for k, v in resolved["run"].items() if k not in NOT_IN_RUN_ID}
     resolved["data"] = {k: v for k, v in resolved["data"].items() if k not in INPUT_KEYS}
     del resolved["promote"]  # the gate reads the artifacts, it makes none
     del resolved["tune"]  # nor does the tuner: what it finds is written into other configs

@@ -1,0 +1,264 @@
+"""The Dask executor on a LocalCluster: the same results and bytes as the local loop, contexts
+built once per worker, failures that leave nothing behind, and the stages run through it."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+from shops import shop_config, shop_events
+from typer.testing import CliRunner
+
+from gbrank import executor as ex
+from gbrank import pipeline
+from gbrank.atomic import file_sha256
+from gbrank.cli import app
+from gbrank.errors import EXIT_USAGE, ConfigError
+from gbrank.executor import DaskExecutor, LocalExecutor, Task, dask_executor
+
+pytest.importorskip("distributed")
+cli = CliRunner()
+
+
+@dataclass(frozen=True)
+class Offset:
+    """A toy context: its build is counted per process."""
+
+    offset: int
+    tag: str = "a"
+
+    @property
+    def key(self) -> str:
+        return f"offset:{self.offset}:{self.tag}"
+
+    def build(self) -> dict[str, Any]:
+        BUILDS.append(self.key)
+        return {"offset": self.offset, "pid": os.getpid(), "builds": len(BUILDS)}
+
+
+BUILDS: list[str] = []
+
+
+def shifted(context: dict[str, Any], shard: Any) -> pl.DataFrame:
+    x = shard["x"] if isinstance(shard, pl.DataFrame) else pl.Series("x", shard)
+    return pl.DataFrame(
+        {
+            "x": x + context["offset"],
+            "pid": [context["pid"]] * len(x),
+            "builds": [context["builds"]] * len(x),
+        }
+    )
+
+
+def failing(context: dict[str, Any], shard: pl.DataFrame) -> pl.DataFrame:
+    if shard["x"][0] == 7:
+        raise ValueError("shard seven is bad")
+    return shard
+
+
+SHARDS = [pl.DataFrame({"x": list(range(i, i + 3))}) for i in range(0, 30, 3)]
+
+
+@pytest.fixture
+def dask_ex(dask_cluster: str, tmp_path: Path) -> DaskExecutor:
+    return dask_executor(dask_cluster, 0, tmp_path / ".staging")
+
+
+def test_results_come_back_in_shard_order_as_the_local_loop(dask_ex: DaskExecutor) -> None:
+    task = Task(shifted, Offset(100), label="demo")
+    remote = list(dask_ex.map_task("demo", task, SHARDS))
+    local = list(LocalExecutor().map_task("demo", task, SHARDS))
+    assert [f["x"].to_list() for f in remote] == [f["x"].to_list() for f in local]
+    assert remote[0]["x"].to_list() == [100, 101, 102]
+    pids = {pid for f in remote for pid in f["pid"]}
+    assert os.getpid() not in pids  # run on the workers
+    # Each worker built the context once, however many shards it ran.
+    for pid in pids:
+        builds = {b for f in remote for p, b in zip(f["pid"], f["builds"], strict=True) if p == pid}
+        assert len(builds) == 1
+    assert not list(dask_ex.staging.glob("demo-*"))  # staging cleared
+
+
+def test_arrays_travel_as_they_are_and_other_shards_are_refused(dask_ex: DaskExecutor) -> None:
+    task = Task(shifted, Offset(1, "arrays"))
+    out = list(dask_ex.map_task("demo", task, [np.array([1, 2]), np.array([5])]))
+    assert [f["x"].to_list() for f in out] == [[2, 3], [6]]
+    with pytest.raises(TypeError, match="DataFrame or an array"):
+        list(dask_ex.map_task("demo", task, [[1, 2]]))
+
+
+def test_run_writes_the_local_loops_bytes(dask_ex: DaskExecutor, tmp_path: Path) -> None:
+    task = Task(shifted, Offset(3, "bytes"))
+    local, remote = tmp_path / "local.parquet", tmp_path / "remote.parquet"
+    assert LocalExecutor().run("demo", task, SHARDS, local) == 30
+    assert dask_ex.run("demo", task, SHARDS, remote) == 30
+    assert_frame_equal(
+        pl.read_parquet(local).drop("pid", "builds"), pl.read_parquet(remote).drop("pid", "builds")
+    )
+    # Without the columns that name the process, the files are the same bytes.
+    strip = Task(stripped, Offset(3, "strip"))
+    LocalExecutor().run("demo", strip, SHARDS, local)
+    dask_ex.run("demo", strip, SHARDS, remote)
+    assert file_sha256(local) == file_sha256(remote)
+
+
+def stripped(context: dict[str, Any], shard: pl.DataFrame) -> pl.DataFrame:
+    return shifted(context, shard).drop("pid", "builds")
+
+
+def test_a_failing_task_leaves_the_old_file_and_no_staging(
+    dask_ex: DaskExecutor, tmp_path: Path
+) -> None:
+    out = tmp_path / "out.parquet"
+    pl.DataFrame({"x": [-1]}).write_parquet(out)
+    before = file_sha256(out)
+    shards = [pl.DataFrame({"x": [i]}) for i in range(10)]
+    with pytest.raises(ValueError, match="shard seven is bad"):
+        dask_ex.run("demo", Task(failing, Offset(0, "fail")), shards, out)
+    assert file_sha256(out) == before
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and p != out]
+
+
+def test_a_task_run_twice_writes_the_same_bytes(tmp_path: Path) -> None:
+    """Dask may rerun a task (a worker lost mid-task): the result is rewritten atomically and
+    is the same file."""
+    task = Task(stripped, Offset(5, "twice"))
+    shard = tmp_path / "in.parquet"
+    SHARDS[1].write_parquet(shard)
+    first = ex.run_shard(task, str(shard), str(tmp_path / "out.parquet"))
+    second = ex.run_shard(task, str(shard), str(tmp_path / "out.parquet"))
+    assert first == second and first["rows"] == 3
+    assert file_sha256(tmp_path / "out.parquet") == first["sha256"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.parquet", "out.parquet"]
+
+
+def test_release_drops_the_workers_contexts_and_shared_frames(dask_ex: DaskExecutor) -> None:
+    shared = dask_ex.share(pl.DataFrame({"p": [1.5]}))
+    assert Path(shared.path).exists()
+    list(dask_ex.map_task("demo", Task(shifted, Offset(9, "release")), SHARDS[:4]))
+    kept = dask_ex.client.run(lambda: len(ex._contexts))
+    assert sum(kept.values()) >= 1
+    dask_ex.release()
+    assert not Path(shared.path).exists()
+    assert sum(dask_ex.client.run(lambda: len(ex._contexts)).values()) == 0
+
+
+def test_config_and_connection_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gbrank.config import load_config
+
+    with pytest.raises(ConfigError, match="run.executor must be 'local' or 'dask'"):
+        load_config(None, ['run.executor="daks"'])
+    with pytest.raises(ConfigError, match="run.workers"):
+        load_config(None, ["run.workers=-1"])
+    bad = cli.invoke(app, ["features", "-w", str(tmp_path), "--executor", "daks"])
+    assert bad.exit_code == EXIT_USAGE and "run.executor must be" in bad.output
+    monkeypatch.setattr(ex, "CONNECT_TIMEOUT", "1s")
+    with pytest.raises(ConfigError, match=r"cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
+        DaskExecutor.connect("tcp://127.0.0.1:9", tmp_path)
+    monkeypatch.setitem(sys.modules, "distributed", None)  # not installed
+    with pytest.raises(ConfigError, match=r"pip install 'gbrank\[dask\]'"):
+        DaskExecutor.connect("", tmp_path)
+
+
+def worker_threads() -> tuple[str, int]:
+    return os.environ["POLARS_MAX_THREADS"], pl.thread_pool_size()
+
+
+def test_local_cluster_workers_start_with_their_thread_settings(dask_ex: DaskExecutor) -> None:
+    expected = ex.worker_env(2)["POLARS_MAX_THREADS"]
+    seen = dask_ex.client.run(worker_threads)
+    assert len(seen) == 2
+    assert set(seen.values()) == {(expected, int(expected))}  # Polars read it at import
+
+
+def test_worker_threads_share_the_cores() -> None:
+    assert ex.worker_env(2, cores=8)["POLARS_MAX_THREADS"] == "4"
+    assert ex.worker_env(4, cores=2)["OMP_NUM_THREADS"] == "1"
+    assert set(ex.worker_env(1, cores=2)) == set(ex.THREAD_VARIABLES)
+
+
+# --------------------------------------------------------------------------- the stages
+
+
+@pytest.fixture(scope="module")
+def events(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return shop_events(tmp_path_factory, users=600, items=200, seed=4)
+
+
+STAGE_SETTINGS = ["train.num_boost_round=20", "features.shards=3", "candidates.batch_users=150"]
+
+
+def test_run_on_dask_makes_the_local_runs_bytes(
+    events: Path, tmp_path: Path, dask_cluster: str
+) -> None:
+    """`gbrank run --scheduler` (features and recommend on the cluster) against the local
+    run: candidates, features, models and recommendations are the same files."""
+    sets = [x for s in STAGE_SETTINGS for x in ("--set", s)]
+    local_ws, dask_ws = tmp_path / "local", tmp_path / "dask"
+    for ws, extra in ((local_ws, []), (dask_ws, ["--scheduler", dask_cluster])):
+        result = cli.invoke(app, ["run", "--events", str(events), "-w", str(ws), *sets, *extra])
+        assert result.exit_code == 0, result.output
+        rec = cli.invoke(
+            app,
+            [
+                "recommend",
+                "--run",
+                "current",
+                "-w",
+                str(ws),
+                "--k",
+                "10",
+                "--out",
+                str(ws / "recs.parquet"),
+                *extra,
+            ],
+        )
+        assert rec.exit_code == 0, rec.output
+    local_run = next((local_ws / "runs").iterdir())
+    dask_run = next((dask_ws / "runs").iterdir())
+    assert local_run.name == dask_run.name  # the executor is not part of the run's identity
+    for artifact in (
+        "candidates/train.parquet",
+        "candidates/eval.parquet",
+        "features/train.parquet",
+        "features/eval.parquet",
+        "models/ranker_eval.txt",
+        "models/ranker_serve.txt",
+        "metrics.json",
+    ):
+        assert file_sha256(local_run / artifact) == file_sha256(dask_run / artifact), artifact
+    assert file_sha256(local_ws / "recs.parquet") == file_sha256(dask_ws / "recs.parquet")
+    n_users = pl.read_parquet(dask_run / "vocab/users.parquet").height
+    assert n_users > 2 * 150  # three batches of users, at least
+    assert pl.read_parquet(dask_ws / "recs.parquet").height == n_users * 10
+    assert not list((dask_ws / ".staging").rglob("*.parquet"))
+
+
+def test_recommend_for_a_users_file_on_dask(
+    events: Path, tmp_path: Path, dask_cluster: str
+) -> None:
+    """Known and unknown users, ids given as text: the workers read the same users file and
+    agree with the local loop on every list and on the output's types."""
+    cfg = shop_config(tmp_path / "ws", events, *STAGE_SETTINGS)
+    pipeline.generate(cfg)
+    pipeline.build_features(cfg)
+    pipeline.train(cfg)
+    from gbrank.data.vocab import Vocab
+
+    known = Vocab.load(pipeline.open_run(cfg).file("vocab/users.parquet")).decode(
+        pl.Series([5, 17, 3], dtype=pl.Int32)
+    )
+    users = tmp_path / "users.csv"
+    users.write_text("user_id\n" + "\n".join([str(known[0]), "nobody", *map(str, known[1:])]))
+    local = pipeline.recommend(cfg, 5, users)
+    cfg.run.executor, cfg.run.scheduler = "dask", dask_cluster
+    remote = pipeline.recommend(cfg, 5, users)
+    assert_frame_equal(local.recs, remote.recs)
+    assert remote.n_cold == 1 and remote.recs["user_id"].dtype == pl.String
