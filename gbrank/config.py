@@ -246,6 +246,11 @@ class TrainConfig:
     # 10,000): "cap" keeps the best-ranked rows with a warning, "error" refuses.
     max_group_rows: int = 10_000
     group_overflow: str = "cap"
+    # "local": the training sample on this machine, LightGBM with early stopping on held-out
+    # users. "dask": lightgbm.dask on the cluster of run.scheduler (a LocalCluster when empty),
+    # one partition of whole users per shard, num_boost_round trees, then cut at the best
+    # held-out score; for a sample that no longer fits one machine (docs/architecture.md).
+    engine: str = "local"
 
     @property
     def params_key(self) -> str:
@@ -520,6 +525,13 @@ def validate(cfg: Config) -> Config:
         )
     if cfg.run.executor not in EXECUTORS:
         raise ConfigError(f"run.executor must be 'local' or 'dask', got {cfg.run.executor!r}")
+    if cfg.train.engine not in EXECUTORS:
+        raise ConfigError(f"train.engine must be 'local' or 'dask', got {cfg.train.engine!r}")
+    if cfg.train.engine == "dask" and cfg.train.backend != "lightgbm":
+        raise ConfigError(
+            f"train.engine = 'dask' trains LightGBM models, but train.backend is "
+            f"'{cfg.train.backend}'. Fix: train.backend = 'lightgbm', or train.engine = 'local'"
+        )
     if cfg.run.workers < 0:
         raise ConfigError(f"run.workers must be 0 (one per core) or more, got {cfg.run.workers}")
     if cfg.eval.users < 0:

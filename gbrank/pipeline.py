@@ -75,7 +75,7 @@ from gbrank.metrics import (
     ranking_metrics,
 )
 from gbrank.progress import steps
-from gbrank.rankers.base import Ranker, cap_groups
+from gbrank.rankers.base import Ranker, cap_groups, feature_matrix, query_groups
 from gbrank.rankers.blend import blend_names, heads_of, model_scores
 from gbrank.rankers.lightgbm import compiler_available
 from gbrank.rankers.sampling import (
@@ -83,6 +83,7 @@ from gbrank.rankers.sampling import (
     TRAIN_USERS_SALT,
     Head,
     SampleSpec,
+    check_head_rows,
     hashed_subset,
     head_mask,
     head_rows,
@@ -954,6 +955,13 @@ def train(cfg: Config) -> TrainResult:
     t0 = time.perf_counter()
     check_ranker_params(cfg)
     run, verified = verify_run(cfg, "train", link=True)
+    if cfg.train.engine == "dask":  # the rows stay on the workers
+        heads = configured_heads(cfg)
+        schema = pl.read_parquet_schema(verified.path("features/train.parquet"))
+        evaluated, served, n_train, n_valid = _train_on_dask(
+            cfg, verified, heads, feature_columns(pl.DataFrame(schema=schema))
+        )
+        return _finish_train(cfg, run, verified, t0, heads, evaluated, served, n_train, n_valid)
     # The features stage built the train fold for the training sample alone.
     rows = _read_parquet(verified, "features/train.parquet").sort(C.USER, C.ITEM)
     verified.path("features/eval.parquet")
@@ -989,6 +997,21 @@ def train(cfg: Config) -> TrainResult:
         served[head.name] = head_ranker(
             cfg, head, num_boost_round=trees, early_stopping_rounds=0
         ).fit(learnable_rows(serve_rows, head, "eval"), features, head.label)
+    return _finish_train(cfg, run, verified, t0, heads, evaluated, served, n_train, n_valid)
+
+
+def _finish_train(
+    cfg: Config,
+    run: Run,
+    verified: Verified,
+    t0: float,
+    heads: list[Head],
+    evaluated: dict[str, Ranker],
+    served: dict[str, Ranker],
+    n_train: int,
+    n_valid: int,
+) -> TrainResult:
+    """The train stage's models, importances and record written."""
     run.begin_stage("train")
     outputs = []
     importance = {}
@@ -1019,6 +1042,125 @@ def train(cfg: Config) -> TrainResult:
     return TrainResult(
         run, first.best_iteration_, n_train, n_valid, first.feature_importance(), n_trees
     )
+
+
+def training_partition(
+    path: str,
+    part: int,
+    n_parts: int,
+    cfg: Config,
+    head: Head,
+    features: list[str],
+    role: str,
+    keys: Shared | None,
+) -> Any:
+    """On a worker: partition ``part`` of ``n_parts`` (users by their shard hash) of a
+    features file's training rows for ``head``: ``role`` "train" or "valid" (the held-out
+    users) of the train fold, or "all"; ``keys`` (the serving sample's keys) picks rows. Returns
+    the float32 matrix, labels, group sizes and users (see :mod:`gbrank.rankers.dask`)."""
+    from gbrank.features.sharding import shard_of
+
+    users = pl.read_parquet(path, columns=[C.USER])[C.USER].unique().sort()
+    mine = users.filter(pl.Series(shard_of(users.to_numpy(), n_parts) == part))
+    frame = pl.scan_parquet(path).filter(pl.col(C.USER).is_in(mine.implode())).collect()
+    if keys is not None:
+        frame = frame.join(keys.read(), on=[C.USER, C.ITEM], how="semi")
+    frame = guarded_rows(frame.sort(C.USER, C.ITEM), cfg)
+    if role != "all":
+        held_out = pl.Series(validation_mask(frame[C.USER].to_numpy(), cfg))
+        frame = frame.filter(held_out if role == "valid" else ~held_out)
+    frame = head_rows(frame, head)
+    groups = query_groups(frame)
+    return (
+        feature_matrix(frame, features),
+        frame[head.label].cast(pl.Float64).to_numpy(),
+        groups.sizes,
+        frame[C.USER].unique(maintain_order=True).to_numpy(),
+    )
+
+
+def _train_on_dask(
+    cfg: Config, verified: Verified, heads: list[Head], features: list[str]
+) -> tuple[dict[str, Ranker], dict[str, Ranker], int, int]:
+    """``train.engine = "dask"``: each head's eval model on the train fold (every tree, then
+    cut at the best score of the held-out users), and its serving model on the eval fold's
+    sample with that many trees, trained by ``lightgbm.dask`` on partitions of whole users
+    built and kept on the workers."""
+    import pyarrow.parquet as pq
+
+    from gbrank.executor import DaskExecutor, dask_executor
+    from gbrank.rankers import dask as on_dask
+
+    executor = stage_executor(cfg)
+    if not isinstance(executor, DaskExecutor):
+        executor = dask_executor(
+            cfg.run.scheduler, cfg.run.workers, Path(cfg.run.workspace) / STAGING
+        )
+    client = executor.client
+    train_path = str(verified.path("features/train.parquet").absolute())
+    eval_path = verified.path("features/eval.parquet")
+    # The serving sample's keys, drawn here as the local engine draws them.
+    names = pl.scan_parquet(eval_path).collect_schema().names()
+    picked = [c for c in names if c in (C.USER, C.ITEM, C.GRADE) or c.endswith("_rank")]
+    keys = executor.share(sample_keys(pl.read_parquet(eval_path, columns=picked), sample_spec(cfg)))
+
+    counted: dict[str, int] = {}
+
+    def partitions(path: str, role: str, head: Head, shared: Shared | None) -> list[Any]:
+        n_parts = max(executor.workers, pq.ParquetFile(path).metadata.num_row_groups)
+        futures = [
+            client.submit(
+                training_partition,
+                path,
+                i,
+                n_parts,
+                cfg,
+                head,
+                features,
+                role,
+                shared,
+                key=f"gbrank-train-{role}-{head.name}-part{i:04d}-{uuid_hex()}",
+            )
+            for i in range(n_parts)
+        ]
+        sizes = on_dask.check_partitions(client, futures, f"{path} ({role} rows)")
+        positive = sum(p for _, p in sizes)
+        rows = sum(r for r, _ in sizes)
+        if role != "valid":
+            check_head_rows(positive, rows, head, "train" if role == "train" else "eval")
+        counted.setdefault(role, rows)  # the first head's, as the local engine reports
+        return [f for f, (r, _) in zip(futures, sizes, strict=True) if r > 0]
+
+    evaluated: dict[str, Ranker] = {}
+    served: dict[str, Ranker] = {}
+    try:
+        for head in heads:
+            ranker = head_ranker(cfg, head)
+            assert isinstance(ranker, on_dask.LightGBMRanker)
+            train_parts = partitions(train_path, "train", head, None)
+            valid_parts = partitions(train_path, "valid", head, None)
+            on_dask.fit(
+                ranker, client, train_parts, features, head.label, cfg.train.num_boost_round
+            )
+            ranker.best_iteration_ = on_dask.best_rounds(ranker, client, valid_parts)
+            del train_parts, valid_parts
+            evaluated[head.name] = ranker
+            serve = head_ranker(cfg, head)
+            assert isinstance(serve, on_dask.LightGBMRanker)
+            serve_parts = partitions(str(eval_path.absolute()), "all", head, keys)
+            served[head.name] = on_dask.fit(
+                serve, client, serve_parts, features, head.label, ranker.best_iteration_
+            )
+            del serve_parts
+    finally:
+        executor.release()
+    return evaluated, served, counted.get("train", 0), counted.get("valid", 0)
+
+
+def uuid_hex() -> str:
+    import uuid
+
+    return uuid.uuid4().hex[:8]
 
 
 # --------------------------------------------------------------------------- eval

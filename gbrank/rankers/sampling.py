@@ -204,12 +204,17 @@ def learnable_rows(frame: pl.DataFrame, head: Head, fold: str) -> pl.DataFrame:
     """:func:`head_rows` of a fold's training sample; a DataError when they hold no positive
     for the head (or, for a binary head, nothing but positives)."""
     part = head_rows(frame, head)
-    positive = int((part[head.label] > 0).sum())
-    if positive == 0 or (head.kind == "binary" and positive == part.height):
+    check_head_rows(int((part[head.label] > 0).sum()), part.height, head, fold)
+    return part
+
+
+def check_head_rows(positive: int, rows: int, head: Head, fold: str) -> None:
+    """A DataError when ``head``'s ``rows`` training rows of ``fold`` hold ``positive``
+    positives and nothing can be learnt from them."""
+    if positive == 0 or (head.kind == "binary" and positive == rows):
         raise DataError(
-            f"head '{head.name}' has {positive} positive rows out of {part.height} in the "
+            f"head '{head.name}' has {positive} positive rows out of {rows} in the "
             f"{fold} fold's training sample: nothing to learn",
             column=head.label,
             fix=f"remove '{head.name}' from train.heads, or use more data",
         )
-    return part

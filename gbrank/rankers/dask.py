@@ -1,0 +1,206 @@
+"""LightGBM trained on a Dask cluster (``train.engine = "dask"``), from partitions that stay on
+the workers.
+
+Each partition is a set of whole users (one query group each), built on a worker from the
+features file on shared storage and kept there: a float32 feature matrix, the labels, the group
+sizes and the users, in user order. :func:`check_partitions` refuses partitions whose group
+sizes do not add up to their rows, or a user found in two partitions (LightGBM would learn from
+two halves of one query). :func:`fit` trains ``lightgbm.dask`` on them (the ranker, or the
+classifier for a binary head) for a fixed number of trees: early stopping is not used there,
+as it can hang a distributed fit (LightGBM issues #4493, #7009). :func:`best_rounds` then picks
+the number of trees the local engine's early stopping would aim at, from the validation users'
+partitions scored on the workers tree by tree (NDCG at the first ``eval_at``, as LightGBM
+computes it, or log loss), and the model is cut there.
+
+Requires the ``dask`` extra (dask.distributed, dask.array, scikit-learn).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from gbrank.errors import ConfigError, DataError
+from gbrank.rankers.lightgbm import LightGBMRanker
+
+#: (features float32 [rows x n], labels, group sizes, users): one partition, on a worker.
+Partition = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _lightgbm_dask() -> Any:
+    try:
+        import lightgbm.dask as lgb_dask
+    except ImportError as exc:  # scikit-learn or dask.dataframe missing
+        raise ConfigError(
+            f"train.engine is 'dask' but lightgbm.dask cannot be imported ({exc}). Fix: "
+            "pip install 'gbrank[dask]', or set train.engine = 'local'"
+        ) from None
+    return lgb_dask
+
+
+def _shape(part: Partition) -> tuple[int, int, int, int]:
+    x, y, groups, _ = part
+    return int(x.shape[0]), int(y.shape[0]), int(groups.sum()), int((y > 0).sum())
+
+
+def _users(part: Partition) -> np.ndarray:
+    return part[3]
+
+
+def check_partitions(client: Any, parts: Sequence[Any], what: str) -> list[tuple[int, int]]:
+    """The rows and positive rows of each partition (futures of :data:`Partition`); a
+    DataError when one's group sizes do not add up to its rows, or when a user is in two
+    partitions."""
+    shapes = client.gather([client.submit(_shape, p, pure=False) for p in parts])
+    for i, (rows, labels, grouped, _) in enumerate(shapes):
+        if not rows == labels == grouped:
+            raise DataError(
+                f"{what}: partition {i} has {rows} rows, {labels} labels and groups of "
+                f"{grouped} rows in all: its query groups do not match its rows",
+                fix="build each partition from whole users, sorted by user",
+            )
+    users = client.gather([client.submit(_users, p, pure=False) for p in parts])
+    owner: dict[int, int] = {}
+    for i, codes in enumerate(users):
+        for user in codes.tolist():
+            if owner.setdefault(user, i) != i:
+                raise DataError(
+                    f"{what}: user {user} is in partitions {owner[user]} and {i}; a query "
+                    "group split across partitions would be learnt as two",
+                    fix="partition the rows by user (each user's rows in one partition)",
+                )
+    return [(s[0], s[3]) for s in shapes]
+
+
+def _part(part: Partition, i: int) -> np.ndarray:
+    return part[i]
+
+
+def _n_groups(part: Partition) -> int:
+    return len(part[2])
+
+
+def _digest(part: Partition) -> int:
+    x, y, _, _ = part
+    return int(hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest()[:16], 16)
+
+
+def fit(
+    ranker: LightGBMRanker,
+    client: Any,
+    parts: Sequence[Any],
+    features: Sequence[str],
+    label: str,
+    rounds: int,
+) -> LightGBMRanker:
+    """Train ``ranker``'s model on ``parts`` (futures of :data:`Partition`) with
+    ``lightgbm.dask``, ``rounds`` trees; sets its booster, features and label."""
+    import dask
+    import dask.array as da
+
+    lgb_dask = _lightgbm_dask()
+    rows = [r for r, _ in check_partitions(client, parts, f"training rows of '{label}'")]
+    n = len(features)
+    pieces = {
+        i: [
+            da.from_delayed(dask.delayed(_part)(p, i), shape=shape, dtype=dtype)
+            for p, shape in zip(parts, shapes, strict=True)
+        ]
+        for i, shapes, dtype in (
+            (0, [(r, n) for r in rows], np.float32),
+            (1, [(r,) for r in rows], np.float64),
+        )
+    }
+    x = da.concatenate(pieces[0])
+    y = da.concatenate(pieces[1])
+    params = ranker._lgb_params()
+    for key in ("metric", "eval_at", "first_metric_only", "verbosity"):
+        params.pop(key, None)
+    params["verbose"] = -1
+    # lightgbm.dask gives each worker its Dask threads (run.workers' share of the cores).
+    params.pop("num_threads", None)
+    if ranker.kind == "rank":
+        n_groups = client.gather([client.submit(_n_groups, p, pure=False) for p in parts])
+        group = da.concatenate(
+            [
+                da.from_delayed(dask.delayed(_part)(p, 2), shape=(g,), dtype=np.int64)
+                for p, g in zip(parts, n_groups, strict=True)
+            ]
+        )
+        model = lgb_dask.DaskLGBMRanker(client=client, n_estimators=rounds, **params)
+        with client.as_current():  # lightgbm.dask waits on the default client
+            model.fit(x, y, group=group, feature_name=list(features))
+    else:
+        model = lgb_dask.DaskLGBMClassifier(client=client, n_estimators=rounds, **params)
+        with client.as_current():
+            model.fit(x, y.astype(np.int64), feature_name=list(features))
+    ranker.booster_ = model.booster_
+    ranker.features_, ranker.label_ = list(features), label
+    # The sidecar's fingerprint of the training data: rows, columns and the partitions' hashes.
+    digest = sum(client.gather([client.submit(_digest, p, pure=False) for p in parts]))
+    ranker.fingerprint_ = f"{sum(rows)}x{n + 1}:dask:{digest % (1 << 64):x}"
+    ranker.best_iteration_ = ranker.booster_.current_iteration()
+    ranker.compiled_ = None
+    ranker.monitor = None
+    return ranker
+
+
+def ndcg_at(
+    scores: np.ndarray, labels: np.ndarray, sizes: np.ndarray, k: int, gains: np.ndarray
+) -> np.ndarray:
+    """NDCG@k of each query group as LightGBM computes it: gains ``gains[label]``, discount
+    1/log2(1 + rank), rows in descending score (ties in row order), 1 for a group with no
+    gain."""
+    starts = np.r_[0, np.cumsum(sizes)[:-1]]
+    qid = np.repeat(np.arange(sizes.size), sizes)
+    order = np.lexsort((np.arange(scores.size), -scores, qid))
+    ideal = np.lexsort((-labels, qid))
+    pos = np.arange(scores.size) - np.repeat(starts, sizes)
+    discount = np.where(pos < k, 1.0 / np.log2(pos + 2.0), 0.0)
+    g = gains[labels.astype(np.int64)]
+    dcg = np.bincount(qid, weights=g[order] * discount, minlength=sizes.size)
+    idcg = np.bincount(qid, weights=g[ideal] * discount, minlength=sizes.size)
+    return np.where(idcg > 0, dcg / np.where(idcg > 0, idcg, 1.0), 1.0)
+
+
+def _curve(part: Partition, model: str, kind: str, k: int, gains: np.ndarray | None) -> np.ndarray:
+    """On a worker: the validation metric of one partition after each tree, summed over its
+    groups (NDCG) or rows (log loss)."""
+    import lightgbm as lgb
+
+    booster = lgb.Booster(model_str=model)
+    x, y, sizes, _ = part
+    n = booster.current_iteration()
+    total = np.zeros(x.shape[0])
+    out = np.zeros(n)
+    for t in range(n):
+        total += booster.predict(x, start_iteration=t, num_iteration=1, raw_score=True)
+        if kind == "rank":
+            assert gains is not None
+            out[t] = ndcg_at(total, y, sizes, k, gains).sum()
+        else:
+            p = np.clip(1.0 / (1.0 + np.exp(-total)), 1e-15, 1 - 1e-15)
+            out[t] = -(y * np.log(p) + (1 - y) * np.log(1 - p)).sum()
+    return out
+
+
+def best_rounds(ranker: LightGBMRanker, client: Any, valid: Sequence[Any]) -> int:
+    """The number of trees of ``ranker``'s model that scores best on the validation
+    partitions ``valid`` (the first of equals); every tree when there are none."""
+    n = ranker.booster_.current_iteration()
+    if not valid:
+        return n
+    gains = None if ranker.label_gain is None else np.asarray(ranker.label_gain, dtype=np.float64)
+    if ranker.kind == "rank" and gains is None:
+        gains = np.asarray([2.0**i - 1 for i in range(32)])
+    model = ranker.booster_.model_to_string()
+    k = int(ranker.eval_at[0]) if ranker.kind == "rank" else 0
+    curves = client.gather(
+        [client.submit(_curve, p, model, ranker.kind, k, gains, pure=False) for p in valid]
+    )
+    total = np.sum(curves, axis=0)
+    best = int(np.argmax(total) if ranker.kind == "rank" else np.argmin(total))
+    return best + 1
