@@ -7,6 +7,13 @@ about 0.87 x users x days), runs ``generate``, ``features``, ``train``, ``eval``
 
     python bench/bench_scale.py --events 1M
     python bench/bench_scale.py --events 10M --workdir /tmp/scale10m
+    python bench/bench_scale.py --events 10M --workdir /tmp/scale10m --executor dask --workers 2
+
+With ``--executor dask`` the sharded stages (features, recommend) run on a LocalCluster of
+``--workers`` processes started by each stage; "tree RSS" is then the peak of the summed RSS
+of the stage's process and all its children (scheduler and workers), sampled every 0.2 s.
+``--set key=value`` (repeatable) passes config overrides to every stage, e.g.
+``--set train.engine='"dask"'``.
 """
 
 from __future__ import annotations
@@ -32,11 +39,27 @@ def run_stage(args: list[str], ok: tuple[int, ...] = (0,)) -> dict[str, float]:
     """Run one command in a fresh process: wall, CPU and peak RSS of that process alone
     (an exit code outside ``ok`` ends the bench)."""
     wrapper = (
-        "import resource, subprocess, sys, json\n"
-        "p = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL)\n"
+        "import resource, subprocess, sys, json, time\n"
+        "p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)\n"
+        "tree = 0\n"
+        "try:\n"
+        "    import psutil\n"
+        "    root = psutil.Process(p.pid)\n"
+        "    while p.poll() is None:\n"
+        "        total = 0\n"
+        "        for q in [root, *root.children(recursive=True)]:\n"
+        "            try:\n"
+        "                total += q.memory_info().rss\n"
+        "            except psutil.Error:\n"
+        "                pass\n"
+        "        tree = max(tree, total)\n"
+        "        time.sleep(0.2)\n"
+        "except (ImportError, psutil.Error):\n"
+        "    pass\n"
+        "p.wait()\n"
         "u = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
         "print(json.dumps({'rc': p.returncode, 'cpu': u.ru_utime + u.ru_stime,"
-        " 'rss_mb': u.ru_maxrss / 1024}))\n"
+        " 'rss_mb': u.ru_maxrss / 1024, 'tree_mb': tree / 2**20}))\n"
     )
     t0 = time.perf_counter()
     done = subprocess.run(
@@ -46,7 +69,12 @@ def run_stage(args: list[str], ok: tuple[int, ...] = (0,)) -> dict[str, float]:
     out = json.loads(done.stdout.strip().splitlines()[-1])
     if out["rc"] not in ok:
         raise SystemExit(f"{' '.join(args)} exited {out['rc']}")
-    row = {"wall_s": round(wall, 1), "cpu_s": round(out["cpu"], 1), "rss_mb": round(out["rss_mb"])}
+    row = {
+        "wall_s": round(wall, 1),
+        "cpu_s": round(out["cpu"], 1),
+        "rss_mb": round(out["rss_mb"]),
+        "tree_rss_mb": round(max(out["tree_mb"], out["rss_mb"])),
+    }
     if ok != (0,):
         row["rc"] = out["rc"]
     return row
@@ -86,6 +114,9 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip", nargs="*", default=[], help="stages to leave out")
+    parser.add_argument("--executor", choices=["local", "dask"], default="local")
+    parser.add_argument("--workers", type=int, default=0, help="LocalCluster workers (dask)")
+    parser.add_argument("--set", action="append", default=[], help="config override")
     args = parser.parse_args()
     users, items, days = SHOPS[args.events]
     root = args.workdir or Path(tempfile.mkdtemp(prefix=f"gbrank_scale_{args.events}_"))
@@ -108,11 +139,13 @@ def main() -> None:
         "eval": ["eval"],
         "recommend": ["recommend", "--k", "20", "--out", str(root / "recs.parquet")],
     }
+    overrides = [f'run.executor="{args.executor}"', f"run.workers={args.workers}", *args.set]
+    extra = [x for o in overrides for x in ("--set", o)]
     probes = [speed_probe()]
     for name, cmd in stages.items():
         if name in args.skip:
             continue
-        rows[name] = run_stage([*gbrank, *cmd, "-c", str(config)])
+        rows[name] = run_stage([*gbrank, *cmd, "-c", str(config), *extra])
         print(f"{name:<10} {rows[name]}", file=sys.stderr, flush=True)
     probes.append(speed_probe())
     pipeline = [r for n, r in rows.items() if n != "synth"]
@@ -120,18 +153,31 @@ def main() -> None:
         "wall_s": round(sum(r["wall_s"] for r in pipeline), 1),
         "cpu_s": round(sum(r["cpu_s"] for r in pipeline), 1),
         "rss_mb": max(r["rss_mb"] for r in pipeline),
+        "tree_rss_mb": max(r["tree_rss_mb"] for r in pipeline),
     }
     print(
         f"shop {args.events}: {users:,} users x {items:,} items x {days} days "
         f"({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
     )
     print(f"speed probe {probes[0]} s before, {probes[1]} s after (1.8 s on a quiet machine)")
-    print(f"{'stage':<10} {'wall':>9} {'cpu':>9} {'peak RSS':>10}")
+    print(f"executor {args.executor}" + (f", {args.workers} workers" if args.workers else ""))
+    print(f"{'stage':<10} {'wall':>9} {'cpu':>9} {'peak RSS':>10} {'tree RSS':>10}")
     for name, r in [*rows.items(), ("pipeline", total)]:
-        print(f"{name:<10} {r['wall_s']:>8.1f}s {r['cpu_s']:>8.1f}s {r['rss_mb']:>7,.0f} MB")
+        print(
+            f"{name:<10} {r['wall_s']:>8.1f}s {r['cpu_s']:>8.1f}s {r['rss_mb']:>7,.0f} MB"
+            f" {r['tree_rss_mb']:>7,.0f} MB"
+        )
     print(
         json.dumps(
-            {"events": args.events, "stages": rows, "pipeline": total, "speed_probe_s": probes}
+            {
+                "events": args.events,
+                "executor": args.executor,
+                "workers": args.workers,
+                "overrides": args.set,
+                "stages": rows,
+                "pipeline": total,
+                "speed_probe_s": probes,
+            }
         )
     )
 

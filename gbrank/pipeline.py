@@ -1106,8 +1106,12 @@ def _train_on_dask(
 
     counted: dict[str, int] = {}
 
+    # Partition i lives on worker i mod n (in address order): which rows each LightGBM machine
+    # holds, and so the model, does not depend on where the scheduler would put them.
+    workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
+
     def partitions(path: str, role: str, head: Head, shared: Shared | None) -> list[Any]:
-        n_parts = max(executor.workers, pq.ParquetFile(path).metadata.num_row_groups)
+        n_parts = max(len(workers), pq.ParquetFile(path).metadata.num_row_groups)
         futures = [
             client.submit(
                 training_partition,
@@ -1120,6 +1124,8 @@ def _train_on_dask(
                 role,
                 shared,
                 key=f"gbrank-train-{role}-{head.name}-part{i:04d}-{uuid_hex()}",
+                workers=[workers[i % len(workers)]],
+                allow_other_workers=False,
             )
             for i in range(n_parts)
         ]

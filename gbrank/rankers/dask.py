@@ -188,10 +188,13 @@ def _curve(part: Partition, model: str, kind: str, k: int, gains: np.ndarray | N
 
 
 def best_rounds(ranker: LightGBMRanker, client: Any, valid: Sequence[Any]) -> int:
-    """The number of trees of ``ranker``'s model that scores best on the validation
-    partitions ``valid`` (the first of equals); every tree when there are none."""
+    """The number of trees the local engine's early stopping would keep: the best validation
+    score (NDCG, or minus the log loss) over the partitions ``valid``, where no better one
+    follows within ``early_stopping_rounds`` trees; every tree when there is no validation
+    partition or early stopping is off."""
     n = ranker.booster_.current_iteration()
-    if not valid:
+    patience = ranker.early_stopping_rounds
+    if not valid or patience <= 0:
         return n
     gains = None if ranker.label_gain is None else np.asarray(ranker.label_gain, dtype=np.float64)
     if ranker.kind == "rank" and gains is None:
@@ -201,6 +204,25 @@ def best_rounds(ranker: LightGBMRanker, client: Any, valid: Sequence[Any]) -> in
     curves = client.gather(
         [client.submit(_curve, p, model, ranker.kind, k, gains, pure=False) for p in valid]
     )
-    total = np.sum(curves, axis=0)
-    best = int(np.argmax(total) if ranker.kind == "rank" else np.argmin(total))
-    return best + 1
+    score = np.sum(curves, axis=0)
+    if ranker.kind != "rank":
+        score = -score  # log loss: lower is better
+    return stopping_round(score, patience)
+
+
+def stopping_round(score: np.ndarray, patience: int) -> int:
+    """Early stopping on a validation curve (higher is better), as LightGBM's callback: the
+    1-based round of the best score seen when ``patience`` rounds pass without a better one
+    (or when the curve ends).
+
+    Example:
+        >>> stopping_round(np.array([0.1, 0.3, 0.2, 0.3, 0.25, 0.9]), patience=3)
+        2
+    """
+    best, best_at = -np.inf, 0
+    for t, value in enumerate(score):
+        if value > best:
+            best, best_at = value, t
+        elif t - best_at >= patience:
+            break
+    return best_at + 1
