@@ -315,8 +315,10 @@ class RunConfig:
     # executor = "dask": the scheduler's address (tcp://host:8786); empty starts a LocalCluster
     # of `workers` processes on this machine for the command's duration.
     scheduler: str = ""
-    # LocalCluster workers (0: one per core), each given cores / workers threads.
+    # LocalCluster workers (0: one per core), each given worker_threads threads (Polars, BLAS;
+    # 0: cores / workers).
     workers: int = 0
+    worker_threads: int = 0
 
 
 @dataclass
@@ -534,6 +536,10 @@ def validate(cfg: Config) -> Config:
         )
     if cfg.run.workers < 0:
         raise ConfigError(f"run.workers must be 0 (one per core) or more, got {cfg.run.workers}")
+    if cfg.run.worker_threads < 0:
+        raise ConfigError(
+            f"run.worker_threads must be 0 (cores / workers) or more, got {cfg.run.worker_threads}"
+        )
     if cfg.eval.users < 0:
         raise ConfigError(f"eval.users must be 0 (every user) or positive, got {cfg.eval.users}")
     if cfg.eval.oracle not in ("auto", "always", "never"):

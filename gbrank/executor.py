@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import os
 import shutil
 import uuid
@@ -53,7 +54,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import numpy as np
 import polars as pl
 
-from gbrank.atomic import atomic_path, atomic_write_parquet, check_table_suffix, file_sha256
+from gbrank.atomic import atomic_path, check_table_suffix, file_sha256
 from gbrank.errors import ConfigError, GbrankError
 
 T = TypeVar("T")
@@ -91,7 +92,7 @@ class Shared:
     frame: pl.DataFrame | None = None
 
     def read(self) -> pl.DataFrame:
-        return self.frame if self.frame is not None else pl.read_parquet(self.path)
+        return self.frame if self.frame is not None else read_staged(self.path)
 
 
 class LocalExecutor:
@@ -173,16 +174,17 @@ def _require_dask() -> Any:
     return distributed
 
 
-def worker_env(workers: int, cores: int = 0) -> dict[str, str]:
+def worker_env(workers: int, cores: int = 0, threads: int = 0) -> dict[str, str]:
     """Thread settings for each of ``workers`` worker processes sharing ``cores`` cores (0:
-    the cores this process may use)."""
-    threads = str(max(1, (cores or _cores()) // max(workers, 1)))
-    return {name: threads for name in THREAD_VARIABLES}
+    the cores this process may use): ``threads`` each, or (0) their share of the cores."""
+    count = str(threads or max(1, (cores or _cores()) // max(workers, 1)))
+    return {name: count for name in THREAD_VARIABLES}
 
 
-def start_local_cluster(workers: int = 0) -> Any:
+def start_local_cluster(workers: int = 0, threads: int = 0) -> Any:
     """A ``LocalCluster`` of ``workers`` processes (0: one per core) on loopback, one task at a
-    time each, each given its share of the cores (:func:`worker_env`) before it starts."""
+    time each, each given ``threads`` threads (0: its share of the cores; :func:`worker_env`)
+    before it starts."""
     distributed = _require_dask()
     n = workers or _cores()
     return distributed.LocalCluster(
@@ -191,7 +193,8 @@ def start_local_cluster(workers: int = 0) -> Any:
         processes=True,
         host="127.0.0.1",
         dashboard_address=None,
-        env=worker_env(n),
+        env=worker_env(n, threads=threads),
+        silence_logs=logging.WARNING,  # the scheduler's INFO lines would mix into gbrank's
     )
 
 
@@ -231,12 +234,28 @@ def forget_contexts() -> int:
     return n
 
 
+def write_staged(frame: pl.DataFrame, path: Path) -> None:
+    """A shard's rows or result in the staging folder: Arrow IPC (LZ4), which keeps every
+    type as it is and reads back without decoding pages, under a temporary name renamed into
+    place. Not flushed to disk: a crash loses the staging folder with the stage anyway."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        frame.write_ipc(tmp, compression="lz4")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_staged(path: str | Path) -> pl.DataFrame:
+    return pl.read_ipc(path, memory_map=False)
+
+
 def run_shard(task: Task[Any, pl.DataFrame], shard: Any, out: str) -> dict[str, Any]:
     """On a worker: one shard of ``task``, its result written atomically to ``out``."""
-    rows = pl.read_parquet(shard) if isinstance(shard, str) else shard
+    rows = read_staged(shard) if isinstance(shard, str) else shard
     frame = task.fn(_context(task), rows)
     path = Path(out)
-    atomic_write_parquet(frame, path)
+    write_staged(frame, path)
     return {"rows": frame.height, "sha256": file_sha256(path)}
 
 
@@ -257,13 +276,15 @@ class DaskExecutor(LocalExecutor):
         self._shared: list[Path] = []
 
     @classmethod
-    def connect(cls, address: str, staging: str | Path, *, workers: int = 0) -> DaskExecutor:
+    def connect(
+        cls, address: str, staging: str | Path, *, workers: int = 0, threads: int = 0
+    ) -> DaskExecutor:
         """The executor of the scheduler at ``address``; empty: of a new LocalCluster of
-        ``workers`` processes."""
+        ``workers`` processes of ``threads`` threads."""
         distributed = _require_dask()
         cluster = None
         if not address:
-            cluster = start_local_cluster(workers)
+            cluster = start_local_cluster(workers, threads)
             address = cluster.scheduler_address
         try:
             client = distributed.Client(address, timeout=CONNECT_TIMEOUT, set_as_default=False)
@@ -283,9 +304,9 @@ class DaskExecutor(LocalExecutor):
             self.cluster.close()
 
     def share(self, frame: pl.DataFrame) -> Shared:
-        path = self.staging / f"shared-{uuid.uuid4().hex[:8]}.parquet"
+        path = self.staging / f"shared-{uuid.uuid4().hex[:8]}.arrow"
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_parquet(frame, path)
+        write_staged(frame, path)
         self._shared.append(path)
         return Shared(path=str(path))
 
@@ -326,12 +347,12 @@ class DaskExecutor(LocalExecutor):
         source: Path | None = None
         payload: Any = shard
         if isinstance(shard, pl.DataFrame):  # rows travel through the shared storage
-            source = folder / f"in-{i:05d}.parquet"
-            atomic_write_parquet(shard, source)
+            source = folder / f"in-{i:05d}.arrow"
+            write_staged(shard, source)
             payload = str(source)
         elif not isinstance(shard, np.ndarray):
             raise TypeError(f"a shard is a DataFrame or an array, not {type(shard).__name__}")
-        out = folder / f"out-{i:05d}.parquet"
+        out = folder / f"out-{i:05d}.arrow"
         key = f"gbrank-{stage}-{task.label or 'task'}-shard{i:05d}-{token}"
         future = self.client.submit(run_shard, task, payload, str(out), key=key, pure=False)
         return future, out, source
@@ -343,22 +364,24 @@ class DaskExecutor(LocalExecutor):
                 f"the shard result {out} changed after its task wrote it: is the staging "
                 "folder shared by another run?"
             )
-        frame = pl.read_parquet(out)
+        frame = read_staged(out)
         out.unlink()
         if source is not None:
             source.unlink(missing_ok=True)
         return frame
 
 
-_executors: dict[tuple[str, int, str], DaskExecutor] = {}
+_executors: dict[tuple[str, int, int, str], DaskExecutor] = {}
 
 
-def dask_executor(scheduler: str, workers: int, staging: str | Path) -> DaskExecutor:
-    """One :class:`DaskExecutor` per scheduler (or LocalCluster size) and staging folder for
+def dask_executor(
+    scheduler: str, workers: int, staging: str | Path, threads: int = 0
+) -> DaskExecutor:
+    """One :class:`DaskExecutor` per scheduler (or LocalCluster shape) and staging folder for
     this process: ``gbrank run``'s stages share one cluster, closed when the process exits."""
-    key = (scheduler, workers, str(Path(staging).absolute()))
+    key = (scheduler, workers, threads, str(Path(staging).absolute()))
     if key not in _executors:
-        _executors[key] = DaskExecutor.connect(scheduler, staging, workers=workers)
+        _executors[key] = DaskExecutor.connect(scheduler, staging, workers=workers, threads=threads)
         if len(_executors) == 1:
             atexit.register(close_executors)
     return _executors[key]

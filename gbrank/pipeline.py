@@ -172,7 +172,7 @@ def _input_paths(cfg: Config) -> tuple[list[tuple[str, Path]], Path | None]:
 
 
 #: run.* keys that leave a run's outputs alone: runs that differ only in them share a folder.
-NOT_IN_RUN_ID = ("workspace", "run_id", "executor", "scheduler", "workers")
+NOT_IN_RUN_ID = ("workspace", "run_id", "executor", "scheduler", "workers", "worker_threads")
 
 
 def run_id_for(cfg: Config, fingerprint: str | None = None) -> str:
@@ -767,7 +767,12 @@ def stage_executor(cfg: Config) -> LocalExecutor:
         return LocalExecutor()
     from gbrank.executor import dask_executor
 
-    return dask_executor(cfg.run.scheduler, cfg.run.workers, Path(cfg.run.workspace) / STAGING)
+    return dask_executor(
+        cfg.run.scheduler,
+        cfg.run.workers,
+        Path(cfg.run.workspace) / STAGING,
+        cfg.run.worker_threads,
+    )
 
 
 @locked("features")
@@ -1094,7 +1099,10 @@ def _train_on_dask(
     executor = stage_executor(cfg)
     if not isinstance(executor, DaskExecutor):
         executor = dask_executor(
-            cfg.run.scheduler, cfg.run.workers, Path(cfg.run.workspace) / STAGING
+            cfg.run.scheduler,
+            cfg.run.workers,
+            Path(cfg.run.workspace) / STAGING,
+            cfg.run.worker_threads,
         )
     client = executor.client
     train_path = str(verified.path("features/train.parquet").absolute())
