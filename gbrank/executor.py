@@ -192,7 +192,7 @@ def start_local_cluster(workers: int = 0, threads: int = 0) -> Any:
         threads_per_worker=1,
         processes=True,
         host="127.0.0.1",
-        dashboard_address=None,
+        dashboard_address=":0",  # any free port (the default 8787 may be taken)
         env=worker_env(n, threads=threads),
         silence_logs=logging.WARNING,  # the scheduler's INFO lines would mix into gbrank's
     )
@@ -247,7 +247,7 @@ def write_staged(frame: pl.DataFrame, path: Path) -> None:
 
 
 def read_staged(path: str | Path) -> pl.DataFrame:
-    return pl.read_ipc(path, memory_map=False)
+    return pl.read_ipc(path)
 
 
 def run_shard(task: Task[Any, pl.DataFrame], shard: Any, out: str) -> dict[str, Any]:
@@ -358,7 +358,15 @@ class DaskExecutor(LocalExecutor):
         return future, out, source
 
     def _collect(self, future: Any, out: Path, source: Path | None) -> Any:
-        meta = future.result()
+        distributed = _require_dask()
+        try:
+            meta = future.result()
+        except distributed.KilledWorker as exc:
+            raise GbrankError(
+                f"the Dask workers running task {future.key} died ({exc}), most often out of "
+                "memory. Fix: smaller shards (features.shard_rows, candidates.batch_users), "
+                "fewer workers per machine, or more memory per worker"
+            ) from exc
         if file_sha256(out) != meta["sha256"]:
             raise GbrankError(
                 f"the shard result {out} changed after its task wrote it: is the staging "

@@ -317,15 +317,23 @@ def test_the_held_out_curve_is_lightgbms_own_metric() -> None:
     params = {"objective": "lambdarank", "metric": "ndcg", "eval_at": [10]}
     recorded: dict[str, Any] = {}
     booster = lgb.train(
-        {**params, "label_gain": gains, "verbosity": -1, "learning_rate": 0.3},
+        {**params, "label_gain": gains, "verbosity": -1, "learning_rate": 0.05},
         lgb.Dataset(x, y, group=sizes),
         60,
         valid_sets=[lgb.Dataset(xv, yv, group=sv)],
         callbacks=[lgb.record_evaluation(recorded), lgb.early_stopping(8, verbose=False)],
+        keep_training_booster=True,  # every tree, not only the best ones
     )
-    ours = _curve((xv, yv, sv, np.zeros(0)), booster.model_to_string(), "rank", 10, np.array(gains))
+    ours = _curve(
+        (xv, yv, sv, np.zeros(0)),
+        booster.model_to_string(num_iteration=-1),
+        "rank",
+        10,
+        np.array(gains),
+    )
     theirs = np.asarray(recorded["valid_0"]["ndcg@10"])
     np.testing.assert_allclose(ours / len(sv), theirs, atol=1e-12)
+    assert len(theirs) > booster.best_iteration > 1
     assert stopping_round(ours, 8) == booster.best_iteration
 
 

@@ -17,8 +17,10 @@ Requires the ``dask`` extra (dask.distributed, dask.array, scikit-learn).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -73,6 +75,14 @@ def check_partitions(client: Any, parts: Sequence[Any], what: str) -> list[tuple
                     fix="partition the rows by user (each user's rows in one partition)",
                 )
     return [(s[0], s[3]) for s in shapes]
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """lightgbm.dask warns that it ignores ``n_jobs`` (it gives each worker its own threads)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Parameter n_jobs will be ignored")
+        yield
 
 
 def _part(part: Partition, i: int) -> np.ndarray:
@@ -131,11 +141,11 @@ def fit(
             ]
         )
         model = lgb_dask.DaskLGBMRanker(client=client, n_estimators=rounds, **params)
-        with client.as_current():  # lightgbm.dask waits on the default client
+        with client.as_current(), _quiet():  # lightgbm.dask waits on the default client
             model.fit(x, y, group=group, feature_name=list(features))
     else:
         model = lgb_dask.DaskLGBMClassifier(client=client, n_estimators=rounds, **params)
-        with client.as_current():
+        with client.as_current(), _quiet():
             model.fit(x, y.astype(np.int64), feature_name=list(features))
     ranker.booster_ = model.booster_
     ranker.features_, ranker.label_ = list(features), label
@@ -199,7 +209,7 @@ def best_rounds(ranker: LightGBMRanker, client: Any, valid: Sequence[Any]) -> in
     gains = None if ranker.label_gain is None else np.asarray(ranker.label_gain, dtype=np.float64)
     if ranker.kind == "rank" and gains is None:
         gains = np.asarray([2.0**i - 1 for i in range(32)])
-    model = ranker.booster_.model_to_string()
+    model = ranker.booster_.model_to_string(num_iteration=-1)
     k = int(ranker.eval_at[0]) if ranker.kind == "rank" else 0
     curves = client.gather(
         [client.submit(_curve, p, model, ranker.kind, k, gains, pure=False) for p in valid]
