@@ -723,13 +723,16 @@ class FoldFeatureContext:
 class FoldFeatures:
     """The :class:`~gbrank.executor.Context` of the features stage's shards of one fold, as
     plain values: a worker rebuilds the fold's builder from the run folder (whose files it
-    checks against the records, as this process did)."""
+    checks against the records, as this process did), with the shard-independent tables
+    ``warm`` this process computed once (the item-level families over the fold's history), so
+    that no worker computes them again."""
 
     cfg: Config
     run_dir: str
     records: dict[str, Any]
     fold: str
     percentiles: Shared | None
+    warm: tuple[tuple[str, Shared], ...] = ()
 
     @property
     def key(self) -> str:
@@ -739,8 +742,10 @@ class FoldFeatures:
     def build(self) -> FoldFeatureContext:
         verified = Verified(Run(Path(self.run_dir)), self.records)
         data = _load_run_data(verified)
+        builder = fold_builder(self.cfg, data, verified, self.fold)
+        builder.shared.update({key: shared.read() for key, shared in self.warm})
         return FoldFeatureContext(
-            fold_builder(self.cfg, data, verified, self.fold),
+            builder,
             _read_parquet(verified, f"labels/{self.fold}.parquet"),
             self.percentiles.read() if self.percentiles is not None else None,
         )
@@ -813,13 +818,23 @@ def build_features(cfg: Config) -> FeaturesResult:
                 cands = cands.join(keys, on=[C.USER, C.ITEM], how="semi", maintain_order="left")
                 del graded, keys
             shards[name] = plan_shards(cands.height, cfg.features.shards, cfg.features.shard_rows)
-            # The builder is lazy: on a cluster, this one computes nothing (the workers build
-            # their own), unless no shard has a row and it makes the empty frame.
+            # The builder is lazy: on a cluster, this one computes only the shard-independent
+            # tables (below) and, when no shard has a row, the empty frame.
             local = FoldFeatureContext(fold_builder(cfg, data, verified, name), labels, percentiles)
             shared = executor.share(percentiles) if percentiles is not None else None
+            warm: tuple[tuple[str, Shared], ...] = ()
+            if executor.name != "local":
+                # The shard-independent tables, computed here once (what building no row
+                # computes) instead of once per worker.
+                local.builder.build(cands.clear())
+                warm = tuple(
+                    (key, executor.share(value))
+                    for key, value in local.builder.shared.items()
+                    if isinstance(value, pl.DataFrame)
+                )
             task = Task(
                 features_shard,
-                FoldFeatures(cfg, str(run.path.absolute()), verified.records, name, shared),
+                FoldFeatures(cfg, str(run.path.absolute()), verified.records, name, shared, warm),
                 label=f"{run.id}-{name}",
             )
             rows[name] = executor.run(
