@@ -723,16 +723,13 @@ class FoldFeatureContext:
 class FoldFeatures:
     """The :class:`~gbrank.executor.Context` of the features stage's shards of one fold, as
     plain values: a worker rebuilds the fold's builder from the run folder (whose files it
-    checks against the records, as this process did), with the shard-independent tables
-    ``warm`` this process computed once (the item-level families over the fold's history), so
-    that no worker computes them again."""
+    checks against the records, as this process did)."""
 
     cfg: Config
     run_dir: str
     records: dict[str, Any]
     fold: str
     percentiles: Shared | None
-    warm: tuple[tuple[str, Shared], ...] = ()
 
     @property
     def key(self) -> str:
@@ -742,10 +739,8 @@ class FoldFeatures:
     def build(self) -> FoldFeatureContext:
         verified = Verified(Run(Path(self.run_dir)), self.records)
         data = _load_run_data(verified)
-        builder = fold_builder(self.cfg, data, verified, self.fold)
-        builder.shared.update({key: shared.read() for key, shared in self.warm})
         return FoldFeatureContext(
-            builder,
+            fold_builder(self.cfg, data, verified, self.fold),
             _read_parquet(verified, f"labels/{self.fold}.parquet"),
             self.percentiles.read() if self.percentiles is not None else None,
         )
@@ -818,23 +813,13 @@ def build_features(cfg: Config) -> FeaturesResult:
                 cands = cands.join(keys, on=[C.USER, C.ITEM], how="semi", maintain_order="left")
                 del graded, keys
             shards[name] = plan_shards(cands.height, cfg.features.shards, cfg.features.shard_rows)
-            # The builder is lazy: on a cluster, this one computes only the shard-independent
-            # tables (below) and, when no shard has a row, the empty frame.
+            # The builder is lazy: on a cluster, this one computes nothing (the workers build
+            # their own), unless no shard has a row and it makes the empty frame.
             local = FoldFeatureContext(fold_builder(cfg, data, verified, name), labels, percentiles)
             shared = executor.share(percentiles) if percentiles is not None else None
-            warm: tuple[tuple[str, Shared], ...] = ()
-            if executor.name != "local":
-                # The shard-independent tables, computed here once (what building no row
-                # computes) instead of once per worker.
-                local.builder.build(cands.clear())
-                warm = tuple(
-                    (key, executor.share(value))
-                    for key, value in local.builder.shared.items()
-                    if isinstance(value, pl.DataFrame)
-                )
             task = Task(
                 features_shard,
-                FoldFeatures(cfg, str(run.path.absolute()), verified.records, name, shared, warm),
+                FoldFeatures(cfg, str(run.path.absolute()), verified.records, name, shared),
                 label=f"{run.id}-{name}",
             )
             rows[name] = executor.run(
@@ -975,13 +960,17 @@ def train(cfg: Config) -> TrainResult:
     t0 = time.perf_counter()
     check_ranker_params(cfg)
     run, verified = verify_run(cfg, "train", link=True)
-    if cfg.train.engine == "dask":  # the rows stay on the workers
-        heads = configured_heads(cfg)
-        schema = pl.read_parquet_schema(verified.path("features/train.parquet"))
-        evaluated, served, n_train, n_valid = _train_on_dask(
-            cfg, verified, heads, feature_columns(pl.DataFrame(schema=schema))
-        )
-        return _finish_train(cfg, run, verified, t0, heads, evaluated, served, n_train, n_valid)
+    heads = configured_heads(cfg)
+    fit = _train_on_dask if cfg.train.engine == "dask" else _train_locally
+    evaluated, served, n_train, n_valid = fit(cfg, verified, heads)
+    return _finish_train(cfg, run, verified, t0, heads, evaluated, served, n_train, n_valid)
+
+
+def _train_locally(
+    cfg: Config, verified: Verified, heads: list[Head]
+) -> tuple[dict[str, Ranker], dict[str, Ranker], int, int]:
+    """Each head's eval model (train fold, early stopping on held-out users) and serving model
+    (the eval fold's sample, as many trees), in this process; and the training rows."""
     # The features stage built the train fold for the training sample alone.
     rows = _read_parquet(verified, "features/train.parquet").sort(C.USER, C.ITEM)
     verified.path("features/eval.parquet")
@@ -998,7 +987,6 @@ def train(cfg: Config) -> TrainResult:
             f"{cfg.train.num_boost_round} rounds. Fix: more data, a longer folds.horizon_days, "
             "or train.early_stopping_rounds = 0"
         )
-    heads = configured_heads(cfg)
     evaluated: dict[str, Ranker] = {}
     for head in heads:
         evaluated[head.name] = head_ranker(cfg, head).fit(
@@ -1017,7 +1005,7 @@ def train(cfg: Config) -> TrainResult:
         served[head.name] = head_ranker(
             cfg, head, num_boost_round=trees, early_stopping_rounds=0
         ).fit(learnable_rows(serve_rows, head, "eval"), features, head.label)
-    return _finish_train(cfg, run, verified, t0, heads, evaluated, served, n_train, n_valid)
+    return evaluated, served, n_train, n_valid
 
 
 def _finish_train(
@@ -1100,7 +1088,7 @@ def training_partition(
 
 
 def _train_on_dask(
-    cfg: Config, verified: Verified, heads: list[Head], features: list[str]
+    cfg: Config, verified: Verified, heads: list[Head]
 ) -> tuple[dict[str, Ranker], dict[str, Ranker], int, int]:
     """``train.engine = "dask"``: each head's eval model on the train fold (every tree, then
     cut at the best score of the held-out users), and its serving model on the eval fold's
@@ -1121,6 +1109,7 @@ def _train_on_dask(
         )
     client = executor.client
     train_path = str(verified.path("features/train.parquet").absolute())
+    features = feature_columns(pl.DataFrame(schema=pl.read_parquet_schema(train_path)))
     eval_path = verified.path("features/eval.parquet")
     # The serving sample's keys, drawn here as the local engine draws them.
     names = pl.scan_parquet(eval_path).collect_schema().names()
@@ -1726,15 +1715,33 @@ class Recommender:
                 self.user_dtype = pl.String()
 
     @functools.cached_property
+    def sources(self) -> dict[str, CandidateSource]:
+        """The sources the generate stage fitted on every event."""
+        load = fold_source_loader(self.verified, "inference")
+        return {name: load(name) for name in self.cfg.candidates.sources}
+
+    @functools.cached_property
+    def builder(self) -> FeatureBuilder:
+        """The serving fold's feature builder (whole history), with the sources' models."""
+        cfg, data = self.cfg, self.data
+        fold = data.folds["inference"]
+        return FeatureBuilder.from_config(
+            cfg,
+            history(data.events, fold),
+            fold.as_of,
+            items=data.item_attrs,
+            users=data.user_attrs,
+            shared=feature_models(cfg, self.sources.__getitem__),
+        )
+
+    @functools.cached_property
     def models(self) -> ServingModels:
         """The fitted sources, the serving heads (compiled when ``eval.predictor`` says so)
         and the feature builder: loaded on the first batch this process serves (a cluster's
         workers load their own)."""
-        cfg, data, verified = self.cfg, self.data, self.verified
+        cfg, verified = self.cfg, self.verified
         needed = heads_of(cfg.blend.serve, cfg.blend.weights)
         heads = {name: _load_ranker(verified, model_stem(name, "serve")) for name in needed}
-        load = fold_source_loader(verified, "inference")
-        loaded = {name: load(name) for name in cfg.candidates.sources}
         # At most this many candidates per user: the predictor is chosen on the bound.
         per_user = sum(self.budgets.values())
         if cfg.candidates.max_per_user > 0:
@@ -1743,16 +1750,9 @@ class Recommender:
             name: prepare_scoring(ranker, cfg, len(self.known) * per_user)
             for name, ranker in heads.items()
         }
-        fold = data.folds["inference"]
-        builder = FeatureBuilder.from_config(
-            cfg,
-            history(data.events, fold),
-            fold.as_of,
-            items=data.item_attrs,
-            users=data.user_attrs,
-            shared=feature_models(cfg, loaded.__getitem__),  # the sources loaded above
+        return ServingModels(
+            list(self.sources.values()), heads, predictors[needed[0]], self.builder
         )
-        return ServingModels(list(loaded.values()), heads, predictors[needed[0]], builder)
 
     @functools.cached_property
     def pop_list(self) -> list[int]:
@@ -1817,7 +1817,10 @@ class Recommender:
         users_file = str(Path(self.users_file).absolute()) if self.users_file else None
         task = Task(serve_batch, Serving(pinned, self.k, users_file), label=pinned.run.run_id)
         served = executor.map_task("recommend", task, batches, built=self)
-        yield from steps("recommend", "user batches", served, len(batches))
+        try:
+            yield from steps("recommend", "user batches", served, len(batches))
+        finally:
+            executor.release()
         if self.cold_raw.len():
             yield self._cold()
 
