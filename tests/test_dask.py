@@ -357,23 +357,25 @@ def test_split_users_and_mismatched_groups_are_refused(dask_ex: DaskExecutor) ->
         check_partitions(client, mismatched, "rows")
 
 
+ENGINE_SHOP = ["train.num_boost_round=60"]  # early stopping keeps 24 trees here
+
+
 @pytest.fixture(scope="module")
-def trained_shop(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A shop with its candidates and features made, and the local engine's models."""
+def trained_shop(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A workspace and events with candidates, features and the local engine's models."""
     events = shop_events(tmp_path_factory, users=4000, items=1200, seed=0, days=42)
     ws = tmp_path_factory.mktemp("engine")
-    cfg = shop_config(ws, events, "train.num_boost_round=150")
+    cfg = shop_config(ws, events, *ENGINE_SHOP)
     pipeline.generate(cfg)
     pipeline.build_features(cfg)
     pipeline.train(cfg)
-    return ws
+    return ws, events
 
 
-def engine_config(ws: Path, *extra: str) -> Any:
-    from gbrank.config import load_config
-
-    run = next((ws / "runs").iterdir())
-    return load_config(run / "config.toml", [f'run.workspace="{ws}"', *extra])
+def engine_config(shop: tuple[Path, Path], *extra: str) -> Any:
+    """The config of ``shop``'s run, with ``extra`` overrides (the Dask engine's)."""
+    ws, events = shop
+    return shop_config(ws, events, *ENGINE_SHOP, *extra)
 
 
 def purchase_ndcg(cfg: Any) -> np.ndarray:
@@ -388,7 +390,7 @@ def purchase_ndcg(cfg: Any) -> np.ndarray:
     return report.per_user.filter(pl.col("k") == 10).sort("user")["ndcg"].to_numpy()
 
 
-def test_dask_engine_on_one_worker_trains_the_local_model(trained_shop: Path) -> None:
+def test_dask_engine_on_one_worker_trains_the_local_model(trained_shop: tuple[Path, Path]) -> None:
     """On one worker lightgbm.dask is LightGBM on one machine: the same number of trees as
     the local engine's early stopping, and the same scores to float precision."""
     local = engine_config(trained_shop)
@@ -405,7 +407,7 @@ def test_dask_engine_on_one_worker_trains_the_local_model(trained_shop: Path) ->
 
 
 def test_dask_engine_on_two_workers_is_within_tolerance(
-    trained_shop: Path, dask_cluster: str
+    trained_shop: tuple[Path, Path], dask_cluster: str
 ) -> None:
     """Two LightGBM machines bin the features and sum their histograms apart, so the trees
     differ; purchase NDCG@10 stays within 0.003 of the single-machine model here (measured
