@@ -234,11 +234,16 @@ def forget_contexts() -> int:
     return n
 
 
+def token() -> str:
+    """8 random hex digits: what makes staging names and task keys unique."""
+    return uuid.uuid4().hex[:8]
+
+
 def write_staged(frame: pl.DataFrame, path: Path) -> None:
     """A shard's rows or result in the staging folder: Arrow IPC (LZ4), which keeps every
     type as it is and reads back without decoding pages, under a temporary name renamed into
     place. Not flushed to disk: a crash loses the staging folder with the stage anyway."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = path.with_name(f".{path.name}.{token()}.tmp")
     try:
         frame.write_ipc(tmp, compression="lz4")
         os.replace(tmp, path)
@@ -304,7 +309,7 @@ class DaskExecutor(LocalExecutor):
             self.cluster.close()
 
     def share(self, frame: pl.DataFrame) -> Shared:
-        path = self.staging / f"shared-{uuid.uuid4().hex[:8]}.arrow"
+        path = self.staging / f"shared-{token()}.arrow"
         path.parent.mkdir(parents=True, exist_ok=True)
         write_staged(frame, path)
         self._shared.append(path)
@@ -324,14 +329,14 @@ class DaskExecutor(LocalExecutor):
     ) -> Iterator[R]:
         """Each shard's result (a frame), in order. ``built`` (the context in this process)
         is not used: the workers build their own."""
-        token = uuid.uuid4().hex[:8]
-        folder = self.staging / f"{stage}-{token}"
+        stamp = token()
+        folder = self.staging / f"{stage}-{stamp}"
         folder.mkdir(parents=True, exist_ok=True)
         window = 2 * self.workers
         pending: deque[tuple[Any, Path, Path | None]] = deque()
         try:
             for i, shard in enumerate(shards):
-                pending.append(self._submit(stage, task, shard, folder, token, i))
+                pending.append(self._submit(stage, task, shard, folder, stamp, i))
                 if len(pending) >= window:
                     yield self._collect(*pending.popleft())
             while pending:
@@ -342,7 +347,7 @@ class DaskExecutor(LocalExecutor):
             shutil.rmtree(folder, ignore_errors=True)
 
     def _submit(
-        self, stage: str, task: Task[Any, Any], shard: Any, folder: Path, token: str, i: int
+        self, stage: str, task: Task[Any, Any], shard: Any, folder: Path, stamp: str, i: int
     ) -> tuple[Any, Path, Path | None]:
         source: Path | None = None
         payload: Any = shard
@@ -353,7 +358,7 @@ class DaskExecutor(LocalExecutor):
         elif not isinstance(shard, np.ndarray):
             raise TypeError(f"a shard is a DataFrame or an array, not {type(shard).__name__}")
         out = folder / f"out-{i:05d}.arrow"
-        key = f"gbrank-{stage}-{task.label or 'task'}-shard{i:05d}-{token}"
+        key = f"gbrank-{stage}-{task.label or 'task'}-shard{i:05d}-{stamp}"
         future = self.client.submit(run_shard, task, payload, str(out), key=key, pure=False)
         return future, out, source
 

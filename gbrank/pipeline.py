@@ -516,9 +516,16 @@ def fold_source_loader(verified: Verified, fold: str) -> Callable[[str], Candida
     return lambda name: load_source(verified.path(source_file(fold, name)))
 
 
-def fold_builder(cfg: Config, data: RunData, verified: Verified, fold: str) -> FeatureBuilder:
-    """The feature builder of labelled fold ``fold``: its history and cut-off, the attribute
-    tables, and the models the generate stage fitted on it (not fitted again)."""
+def fold_builder(
+    cfg: Config,
+    data: RunData,
+    verified: Verified,
+    fold: str,
+    load: Callable[[str], CandidateSource] | None = None,
+) -> FeatureBuilder:
+    """The feature builder of fold ``fold`` (train, eval or inference): its history and
+    cut-off, the attribute tables, and the models the generate stage fitted on it (not fitted
+    again; ``load(name)`` when the caller already holds the sources)."""
     cut = data.folds[fold]
     return FeatureBuilder.from_config(
         cfg,
@@ -526,7 +533,7 @@ def fold_builder(cfg: Config, data: RunData, verified: Verified, fold: str) -> F
         cut.as_of,
         items=data.item_attrs,
         users=data.user_attrs,
-        shared=feature_models(cfg, fold_source_loader(verified, fold)),
+        shared=feature_models(cfg, load or fold_source_loader(verified, fold)),
     )
 
 
@@ -1096,7 +1103,7 @@ def _train_on_dask(
     built and kept on the workers."""
     import pyarrow.parquet as pq
 
-    from gbrank.executor import DaskExecutor, dask_executor
+    from gbrank.executor import DaskExecutor, dask_executor, token
     from gbrank.rankers import dask as on_dask
 
     executor = stage_executor(cfg)
@@ -1135,7 +1142,7 @@ def _train_on_dask(
                 features,
                 role,
                 shared,
-                key=f"gbrank-train-{role}-{head.name}-part{i:04d}-{uuid_hex()}",
+                key=f"gbrank-train-{role}-{head.name}-part{i:04d}-{token()}",
                 workers=[workers[i % len(workers)]],
                 allow_other_workers=False,
             )
@@ -1173,12 +1180,6 @@ def _train_on_dask(
     finally:
         executor.release()
     return evaluated, served, counted.get("train", 0), counted.get("valid", 0)
-
-
-def uuid_hex() -> str:
-    import uuid
-
-    return uuid.uuid4().hex[:8]
 
 
 # --------------------------------------------------------------------------- eval
@@ -1723,15 +1724,8 @@ class Recommender:
     @functools.cached_property
     def builder(self) -> FeatureBuilder:
         """The serving fold's feature builder (whole history), with the sources' models."""
-        cfg, data = self.cfg, self.data
-        fold = data.folds["inference"]
-        return FeatureBuilder.from_config(
-            cfg,
-            history(data.events, fold),
-            fold.as_of,
-            items=data.item_attrs,
-            users=data.user_attrs,
-            shared=feature_models(cfg, self.sources.__getitem__),
+        return fold_builder(
+            self.cfg, self.data, self.verified, "inference", self.sources.__getitem__
         )
 
     @functools.cached_property
