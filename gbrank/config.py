@@ -529,11 +529,6 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"run.executor must be 'local' or 'dask', got {cfg.run.executor!r}")
     if cfg.train.engine not in EXECUTORS:
         raise ConfigError(f"train.engine must be 'local' or 'dask', got {cfg.train.engine!r}")
-    if cfg.train.engine == "dask" and cfg.train.backend != "lightgbm":
-        raise ConfigError(
-            f"train.engine = 'dask' trains LightGBM models, but train.backend is "
-            f"'{cfg.train.backend}'. Fix: train.backend = 'lightgbm', or train.engine = 'local'"
-        )
     if cfg.run.workers < 0:
         raise ConfigError(f"run.workers must be 0 (one per core) or more, got {cfg.run.workers}")
     if cfg.run.worker_threads < 0:

@@ -1097,10 +1097,10 @@ def training_partition(
 def _train_on_dask(
     cfg: Config, verified: Verified, heads: list[Head]
 ) -> tuple[dict[str, Ranker], dict[str, Ranker], int, int]:
-    """``train.engine = "dask"``: each head's eval model on the train fold (every tree, then
-    cut at the best score of the held-out users), and its serving model on the eval fold's
-    sample with that many trees, trained by ``lightgbm.dask`` on partitions of whole users
-    built and kept on the workers."""
+    """``train.engine = "dask"``: each head's eval model on the train fold (as many trees as
+    early stopping on the held-out users keeps), and its serving model on the eval fold's
+    sample with that many trees, trained by ``lightgbm.dask`` or ``xgboost.dask`` on
+    partitions of whole users built and kept on the workers."""
     import pyarrow.parquet as pq
 
     from gbrank.executor import DaskExecutor, dask_executor, token
@@ -1160,21 +1160,28 @@ def _train_on_dask(
     served: dict[str, Ranker] = {}
     try:
         for head in heads:
-            ranker = head_ranker(cfg, head)
-            assert isinstance(ranker, on_dask.LightGBMRanker)
             train_parts = partitions(train_path, "train", head, None)
             valid_parts = partitions(train_path, "valid", head, None)
-            on_dask.fit(
-                ranker, client, train_parts, features, head.label, cfg.train.num_boost_round
+            evaluated[head.name] = ranker = on_dask.fit(
+                head_ranker(cfg, head),
+                client,
+                train_parts,
+                features,
+                head.label,
+                cfg.train.num_boost_round,
+                valid=valid_parts,
             )
-            ranker.best_iteration_ = on_dask.best_rounds(ranker, client, valid_parts)
             del train_parts, valid_parts
-            evaluated[head.name] = ranker
-            serve = head_ranker(cfg, head)
-            assert isinstance(serve, on_dask.LightGBMRanker)
             serve_parts = partitions(str(eval_path.absolute()), "all", head, keys)
             served[head.name] = on_dask.fit(
-                serve, client, serve_parts, features, head.label, ranker.best_iteration_
+                head_ranker(
+                    cfg, head, num_boost_round=ranker.best_iteration_, early_stopping_rounds=0
+                ),
+                client,
+                serve_parts,
+                features,
+                head.label,
+                ranker.best_iteration_,
             )
             del serve_parts
     finally:

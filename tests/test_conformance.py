@@ -348,3 +348,25 @@ def test_heads_learn_from_their_rows_and_refuse_an_empty_target() -> None:
     with pytest.raises(DataError, match="head 'cvr' has 0 positive rows") as info:
         learnable_rows(no_purchase, head_spec("cvr"), "eval")
     assert "train.heads" in str(info.value)
+
+
+def test_xgboost_max_bin_reaches_the_quantile_matrices() -> None:
+    """XGBoost refuses a booster whose ``max_bin`` differs from its QuantileDMatrix's: the
+    parameter is passed to both, and fewer bins do change the model."""
+    from gbrank.rankers.xgboost import XGBoostRanker
+
+    train, valid = frame(0), frame(1)
+
+    def scores(params: dict[str, int]) -> np.ndarray:
+        ranker = XGBoostRanker(
+            "rank:ndcg",
+            params=params,
+            num_boost_round=20,
+            early_stopping_rounds=5,
+            label_gain=GAINS,
+        )
+        return ranker.fit(train, ["f1", "f2"], C.GRADE, valid=valid).predict(valid)
+
+    coarse = scores({"max_bin": 4})
+    assert not np.allclose(coarse, scores({}))
+    np.testing.assert_array_equal(coarse, scores({"max_bin": 4}))

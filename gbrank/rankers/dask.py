@@ -1,16 +1,21 @@
-"""LightGBM trained on a Dask cluster (``train.engine = "dask"``), from partitions that stay on
-the workers.
+"""Rankers trained on a Dask cluster (``train.engine = "dask"``), from partitions that stay on
+the workers: LightGBM through ``lightgbm.dask``, XGBoost through ``xgboost.dask``.
 
 Each partition is a set of whole users (one query group each), built on a worker from the
 features file on shared storage and kept there: a float32 feature matrix, the labels, the group
 sizes and the users, in user order. :func:`check_partitions` refuses partitions whose group
-sizes do not add up to their rows, or a user found in two partitions (LightGBM would learn from
-two halves of one query). :func:`fit` trains ``lightgbm.dask`` on them (the ranker, or the
-classifier for a binary head) for a fixed number of trees: early stopping is not used there,
-as it can hang a distributed fit (LightGBM issues #4493, #7009). :func:`best_rounds` then picks
-the number of trees the local engine's early stopping would aim at, from the validation users'
-partitions scored on the workers tree by tree (NDCG at the first ``eval_at``, as LightGBM
-computes it, or log loss), and the model is cut there.
+sizes do not add up to their rows, or a user found in two partitions (a model would learn from
+two halves of one query). :func:`fit` trains on them:
+
+- LightGBM (the ranker, or the classifier for a binary head) for a fixed number of trees: early
+  stopping is not used there, as it can hang a distributed fit (LightGBM issues #4493, #7009).
+  The number of trees the local engine's early stopping would keep is then found from the
+  validation users' partitions scored on the workers tree by tree (NDCG at the first
+  ``eval_at``, as LightGBM computes it, or log loss), and the model is cut there.
+- XGBoost with its own early stopping on the validation partitions, whose metric XGBoost sums
+  across workers. The partitions are passed as they are (what ``DaskXGBRanker`` calls
+  ``allow_group_split=True``: no repartitioning), which is safe because they hold whole users;
+  query ids increase along the partitions, so each worker's rows are in query order.
 
 Requires the ``dask`` extra (dask.distributed, dask.array, scikit-learn).
 """
@@ -26,21 +31,24 @@ from typing import Any
 import numpy as np
 
 from gbrank.errors import ConfigError, DataError
+from gbrank.rankers.base import Ranker
 from gbrank.rankers.lightgbm import LightGBMRanker
+from gbrank.rankers.xgboost import XGBoostRanker
 
 #: (features float32 [rows x n], labels, group sizes, users): one partition, on a worker.
 Partition = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
-def _lightgbm_dask() -> Any:
+def _import(module: str) -> Any:
+    import importlib
+
     try:
-        import lightgbm.dask as lgb_dask
-    except ImportError as exc:  # scikit-learn or dask.dataframe missing
+        return importlib.import_module(module)
+    except ImportError as exc:  # dask, scikit-learn or dask.dataframe missing
         raise ConfigError(
-            f"train.engine is 'dask' but lightgbm.dask cannot be imported ({exc}). Fix: "
+            f"train.engine is 'dask' but {module} cannot be imported ({exc}). Fix: "
             "pip install 'gbrank[dask]', or set train.engine = 'local'"
         ) from None
-    return lgb_dask
 
 
 def _shape(part: Partition) -> tuple[int, int, int, int]:
@@ -99,21 +107,43 @@ def _digest(part: Partition) -> int:
 
 
 def fit(
-    ranker: LightGBMRanker,
+    ranker: Ranker,
     client: Any,
     parts: Sequence[Any],
     features: Sequence[str],
     label: str,
     rounds: int,
-) -> LightGBMRanker:
-    """Train ``ranker``'s model on ``parts`` (futures of :data:`Partition`) with
-    ``lightgbm.dask``, ``rounds`` trees; sets its booster, features and label."""
+    valid: Sequence[Any] = (),
+) -> Ranker:
+    """Train ``ranker``'s model on ``parts`` (futures of :data:`Partition`) for at most
+    ``rounds`` trees, keeping as many as the local engine's early stopping would on the
+    partitions ``valid`` (all of them when there are none, or ``early_stopping_rounds`` is 0);
+    sets its booster, features, label, tree count and data fingerprint."""
+    if isinstance(ranker, LightGBMRanker):
+        _fit_lightgbm(ranker, client, parts, features, label, rounds)
+        ranker.best_iteration_ = best_rounds(ranker, client, valid)
+    elif isinstance(ranker, XGBoostRanker):
+        _fit_xgboost(ranker, client, parts, features, label, rounds, valid)
+    else:
+        raise ConfigError(f"train.engine = 'dask' cannot train {ranker.backend} models")
+    ranker.features_, ranker.label_ = list(features), label
+    rows = sum(client.gather([client.submit(_rows, p, pure=False) for p in parts]))
+    # The sidecar's fingerprint of the training data: rows, columns and the partitions' hashes.
+    digest = sum(client.gather([client.submit(_digest, p, pure=False) for p in parts]))
+    ranker.fingerprint_ = f"{rows}x{len(features) + 1}:dask:{digest % (1 << 64):x}"
+    ranker.monitor = None
+    return ranker
+
+
+def _rows(part: Partition) -> int:
+    return int(part[0].shape[0])
+
+
+def _arrays(parts: Sequence[Any], rows: Sequence[int], n: int) -> tuple[Any, Any]:
+    """The features and labels of ``parts`` as Dask arrays, one block per partition."""
     import dask
     import dask.array as da
 
-    lgb_dask = _lightgbm_dask()
-    rows = [r for r, _ in check_partitions(client, parts, f"training rows of '{label}'")]
-    n = len(features)
     pieces = {
         i: [
             da.from_delayed(dask.delayed(_part)(p, i), shape=shape, dtype=dtype)
@@ -124,8 +154,24 @@ def fit(
             (1, [(r,) for r in rows], np.float64),
         )
     }
-    x = da.concatenate(pieces[0])
-    y = da.concatenate(pieces[1])
+    return da.concatenate(pieces[0]), da.concatenate(pieces[1])
+
+
+def _fit_lightgbm(
+    ranker: LightGBMRanker,
+    client: Any,
+    parts: Sequence[Any],
+    features: Sequence[str],
+    label: str,
+    rounds: int,
+) -> None:
+    """``lightgbm.dask`` on ``parts``, ``rounds`` trees (no early stopping)."""
+    import dask
+    import dask.array as da
+
+    lgb_dask = _import("lightgbm.dask")
+    rows = [r for r, _ in check_partitions(client, parts, f"training rows of '{label}'")]
+    x, y = _arrays(parts, rows, len(features))
     params = ranker._lgb_params()
     for key in ("metric", "eval_at", "first_metric_only", "verbosity"):
         params.pop(key, None)
@@ -148,14 +194,101 @@ def fit(
         with client.as_current(), _quiet():
             model.fit(x, y.astype(np.int64), feature_name=list(features))
     ranker.booster_ = model.booster_
-    ranker.features_, ranker.label_ = list(features), label
-    # The sidecar's fingerprint of the training data: rows, columns and the partitions' hashes.
-    digest = sum(client.gather([client.submit(_digest, p, pure=False) for p in parts]))
-    ranker.fingerprint_ = f"{sum(rows)}x{n + 1}:dask:{digest % (1 << 64):x}"
     ranker.best_iteration_ = ranker.booster_.current_iteration()
     ranker.compiled_ = None
-    ranker.monitor = None
-    return ranker
+
+
+def _xgb_labels(part: Partition, gains: np.ndarray | None) -> np.ndarray:
+    """A partition's labels as XGBoost learns them: the grade's gain (rank objectives, as the
+    local backend), or the 0/1 label."""
+    y = part[1]
+    if gains is not None:
+        return gains[y.astype(np.int64)]
+    return y.astype(np.float32)
+
+
+def _xgb_qid(part: Partition, offset: int) -> np.ndarray:
+    """Query ids ``offset``, ``offset + 1``, ... for a partition's groups, one per row."""
+    sizes = part[2]
+    return np.repeat(np.arange(offset, offset + sizes.size, dtype=np.int64), sizes)
+
+
+def _xgb_matrix(
+    ranker: XGBoostRanker,
+    client: Any,
+    parts: Sequence[Any],
+    features: Sequence[str],
+    what: str,
+    ref: Any = None,
+) -> Any:
+    """A ``DaskQuantileDMatrix`` of ``parts``: features, labels and (rank objectives) query ids
+    numbered along the partitions."""
+    import dask
+    import dask.array as da
+
+    dxgb = _import("xgboost.dask")
+    rows = [r for r, _ in check_partitions(client, parts, what)]
+    x, _ = _arrays(parts, rows, len(features))
+    gains = None
+    if ranker.kind == "rank" and ranker.label_gain is not None:
+        gains = np.asarray(ranker.label_gain, dtype=np.float32)
+    y = da.concatenate(
+        [
+            da.from_delayed(dask.delayed(_xgb_labels)(p, gains), shape=(r,), dtype=np.float32)
+            for p, r in zip(parts, rows, strict=True)
+        ]
+    )
+    qid = None
+    if ranker.kind == "rank":
+        n_groups = client.gather([client.submit(_n_groups, p, pure=False) for p in parts])
+        offsets = np.r_[0, np.cumsum(n_groups)[:-1]].tolist()
+        qid = da.concatenate(
+            [
+                da.from_delayed(dask.delayed(_xgb_qid)(p, o), shape=(r,), dtype=np.int64)
+                for p, o, r in zip(parts, offsets, rows, strict=True)
+            ]
+        )
+    return dxgb.DaskQuantileDMatrix(
+        client, x, y, qid=qid, feature_names=list(features), max_bin=ranker.max_bin(), ref=ref
+    )
+
+
+def _fit_xgboost(
+    ranker: XGBoostRanker,
+    client: Any,
+    parts: Sequence[Any],
+    features: Sequence[str],
+    label: str,
+    rounds: int,
+    valid: Sequence[Any],
+) -> None:
+    """``xgboost.dask.train`` on ``parts``, early stopping on ``valid`` as the local backend
+    does."""
+    dxgb = _import("xgboost.dask")
+    ranker.features_ = list(features)
+    params = ranker._xgb_params()
+    # Each worker trains on its Dask threads (run.workers' share of the cores).
+    params.pop("nthread", None)
+    with client.as_current():  # xgboost.dask looks the client up as the default one
+        dtrain = _xgb_matrix(ranker, client, parts, features, f"training rows of '{label}'")
+        evals = []
+        if valid and ranker.early_stopping_rounds > 0:
+            what = f"validation rows of '{label}'"
+            evals = [(_xgb_matrix(ranker, client, valid, features, what, ref=dtrain), "valid")]
+        out = dxgb.train(
+            client,
+            params,
+            dtrain,
+            num_boost_round=rounds,
+            evals=evals,
+            early_stopping_rounds=ranker.early_stopping_rounds if evals else None,
+            verbose_eval=False,
+        )
+    booster = out["booster"]
+    booster.set_param({"nthread": ranker.num_threads})
+    ranker.booster_ = booster
+    n = booster.num_boosted_rounds()
+    ranker.best_iteration_ = int(booster.best_iteration) + 1 if evals else n
 
 
 def ndcg_at(

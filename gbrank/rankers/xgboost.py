@@ -117,8 +117,15 @@ class XGBoostRanker(Ranker):
             qid=qid,
             feature_names=list(self.features_),
             nthread=self.num_threads,
+            max_bin=self.max_bin(),
             ref=ref,
         )
+
+    def max_bin(self) -> int | None:
+        """``max_bin`` of the parameters: a QuantileDMatrix bins its features before the booster
+        sees them, so it must be given the booster's (XGBoost refuses a mismatch)."""
+        value = self.params.get("max_bin")
+        return None if value is None else int(value)
 
     def _train(self, train: pl.DataFrame, valid: pl.DataFrame | None) -> None:
         dtrain = self._matrix(train)
