@@ -107,7 +107,7 @@ def remove_temporary_files(root: Path) -> list[Path]:
 
     Call it only while holding the workspace lock: a live writer's temporary file looks the
     same."""
-    removed = []
+    removed: list[Path] = []
     if not root.is_dir():
         return removed
     for dirpath, dirs, files in os.walk(root):

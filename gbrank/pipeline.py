@@ -280,10 +280,14 @@ def _read_json(verified: Verified, relative: str) -> Any:
     return json.loads(verified.path(relative).read_text())
 
 
-def _load_run_data(verified: Verified) -> RunData:
+def _load_run_data(
+    verified: Verified, users: Vocab | None = None, items: Vocab | None = None
+) -> RunData:
+    """The run's events, vocabularies (``users``, ``items`` when the caller holds them),
+    attribute tables and folds."""
     events = _read_parquet(verified, "data/events.parquet")
-    users = Vocab.load(verified.path("vocab/users.parquet"))
-    items = Vocab.load(verified.path("vocab/items.parquet"))
+    users = users or Vocab.load(verified.path("vocab/users.parquet"))
+    items = items or Vocab.load(verified.path("vocab/items.parquet"))
     attrs = (
         _read_parquet(verified, "data/items.parquet")
         if verified.has("data/items.parquet")
@@ -757,6 +761,14 @@ def _stage_hash(context: FoldFeatures) -> str:
     return stage_config_hash(context.cfg, "features")[:16]
 
 
+def _empty_features(
+    context: FoldFeatureContext | FoldFeatures, empty: pl.DataFrame
+) -> pl.DataFrame:
+    """The features frame (schema) of a fold with no candidate row."""
+    built = context if isinstance(context, FoldFeatureContext) else context.build()
+    return features_shard(built, empty)
+
+
 def features_shard(context: FoldFeatureContext, shard: pl.DataFrame) -> pl.DataFrame:
     """The features stage's per-shard function (a :class:`~gbrank.executor.Task`'s)."""
     return _labelled_features(
@@ -795,7 +807,7 @@ def build_features(cfg: Config) -> FeaturesResult:
 
     t0 = time.perf_counter()
     run, verified = verify_run(cfg, "features", link=True)
-    data = _load_run_data(verified)
+    data = functools.cache(functools.partial(_load_run_data, verified))
     for name in LABELLED_FOLDS:  # check every input before the first write
         verified.path(f"candidates/{name}.parquet")
         verified.path(f"labels/{name}.parquet")
@@ -820,22 +832,23 @@ def build_features(cfg: Config) -> FeaturesResult:
                 cands = cands.join(keys, on=[C.USER, C.ITEM], how="semi", maintain_order="left")
                 del graded, keys
             shards[name] = plan_shards(cands.height, cfg.features.shards, cfg.features.shard_rows)
-            # The builder is lazy: on a cluster, this one computes nothing (the workers build
-            # their own), unless no shard has a row and it makes the empty frame.
-            local = FoldFeatureContext(fold_builder(cfg, data, verified, name), labels, percentiles)
             shared = executor.share(percentiles) if percentiles is not None else None
-            task = Task(
-                features_shard,
-                FoldFeatures(cfg, str(run.path.absolute()), verified.records, name, shared),
-                label=f"{run.id}-{name}",
-            )
+            context = FoldFeatures(cfg, str(run.path.absolute()), verified.records, name, shared)
+            task = Task(features_shard, context, label=f"{run.id}-{name}")
+            # On a cluster the workers build the fold's context; this process builds it only
+            # when no shard has a row, for the empty frame.
+            local = None
+            if executor.name == "local":
+                local = FoldFeatureContext(
+                    fold_builder(cfg, data(), verified, name), labels, percentiles
+                )
             rows[name] = executor.run(
                 "features",
                 task,
                 split_shards(cands, shards[name]),
                 run.file(f"features/{name}.parquet"),
-                empty=functools.partial(features_shard, local, cands.clear()),
-                built=local if executor.name == "local" else None,
+                empty=functools.partial(_empty_features, local or context, cands.clear()),
+                built=local,
                 # Dictionary pages buy little on float features and cost half the time.
                 use_dictionary=False,
             )
@@ -1705,22 +1718,29 @@ class Recommender:
         run, self.verified = verify_run(cfg, "eval", check_inputs)  # every stage up to train
         self.cfg, self.k, self.users_file = cfg, k, users_file
         self.run_dir = str(run.path.absolute())
-        self.data = data = _load_run_data(self.verified)
+        # The vocabularies now; the events when a batch is served here (a cluster's
+        # workers load their own, so this process never reads them).
+        self.users = users = Vocab.load(self.verified.path("vocab/users.parquet"))
+        self.items = Vocab.load(self.verified.path("vocab/items.parquet"))
         self.budgets: dict[str, int] = _read_json(self.verified, "candidates/budgets.json")
         if raw is not None:
-            codes = data.users.encode(raw)
+            codes = users.encode(raw)
             self.known = codes.drop_nulls().unique().sort().to_numpy()
             self.cold_raw = raw.filter(codes.is_null())
         else:
-            self.known = np.arange(len(data.users), dtype=np.int32)
-            self.cold_raw = pl.Series(C.RAW_USER, [], dtype=data.users.dtype)
+            self.known = np.arange(len(users), dtype=np.int32)
+            self.cold_raw = pl.Series(C.RAW_USER, [], dtype=users.dtype)
         # Raw user ids keep the vocabulary's type, unless an unknown id does not parse as it:
         # then every id is written as text (decided now, so every batch has one schema).
-        self.user_dtype: pl.DataType = data.users.dtype
+        self.user_dtype: pl.DataType = users.dtype
         if self.cold_raw.len():
             parsed = self.cold_raw.cast(self.user_dtype, strict=False)
             if parsed.null_count() > 0:
                 self.user_dtype = pl.String()
+
+    @functools.cached_property
+    def data(self) -> RunData:
+        return _load_run_data(self.verified, self.users, self.items)
 
     @functools.cached_property
     def sources(self) -> dict[str, CandidateSource]:
@@ -1829,7 +1849,7 @@ class Recommender:
         return pl.DataFrame(
             schema={
                 C.RAW_USER: self.user_dtype,
-                C.RAW_ITEM: self.data.items.dtype,
+                C.RAW_ITEM: self.items.dtype,
                 C.SCORE: pl.Float64,
                 C.RANK: pl.Int32,
             }
@@ -1838,15 +1858,15 @@ class Recommender:
     def _raw(self, recs: pl.DataFrame) -> pl.DataFrame:
         return pl.DataFrame(
             {
-                C.RAW_USER: self.data.users.decode(recs[C.USER]).cast(self.user_dtype),
-                C.RAW_ITEM: self.data.items.decode(recs[C.ITEM]),
+                C.RAW_USER: self.users.decode(recs[C.USER]).cast(self.user_dtype),
+                C.RAW_ITEM: self.items.decode(recs[C.ITEM]),
                 C.SCORE: recs[C.SCORE],
                 C.RANK: recs[C.RANK],
             }
         )
 
     def _cold(self) -> pl.DataFrame:
-        pop_items = self.data.items.decode(pl.Series(self.pop_list, dtype=pl.Int32))
+        pop_items = self.items.decode(pl.Series(self.pop_list, dtype=pl.Int32))
         n = len(self.pop_list)
         return pl.DataFrame({C.RAW_USER: self.cold_raw.cast(self.user_dtype)}).join(
             pl.DataFrame(

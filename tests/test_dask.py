@@ -392,6 +392,21 @@ def purchase_ndcg(cfg: Any) -> np.ndarray:
     return report.per_user.filter(pl.col("k") == 10).sort("user")["ndcg"].to_numpy()
 
 
+def assert_trained_near(
+    shop: tuple[Path, Path], scheduler: str, local: np.ndarray, *extra: str, tolerance: float
+) -> None:
+    """The train stage on the cluster at ``scheduler`` (the Dask engine, under a timeout):
+    its eval model's mean purchase NDCG@10 is within ``tolerance`` of ``local``'s, over the
+    same users."""
+    cfg = engine_config(shop, *extra, 'train.engine="dask"', f'run.scheduler="{scheduler}"')
+    with under_timeout(240):
+        result = pipeline.train(cfg)
+    assert result.heads["ranker"] >= 1
+    remote = purchase_ndcg(cfg)
+    assert len(remote) == len(local) > 1000
+    assert abs(remote.mean() - local.mean()) <= tolerance
+
+
 def test_dask_engine_on_one_worker_trains_the_local_model(trained_shop: tuple[Path, Path]) -> None:
     """On one worker lightgbm.dask is LightGBM on one machine: the same number of trees as
     the local engine's early stopping, and the same scores to float precision."""
@@ -417,15 +432,7 @@ def test_dask_engine_on_two_workers_is_within_tolerance(
     16,000-user shop, depending on which worker is LightGBM's rank 0, which Dask does not
     fix)."""
     local = purchase_ndcg(engine_config(trained_shop))
-    remote_cfg = engine_config(
-        trained_shop, 'train.engine="dask"', f'run.scheduler="{dask_cluster}"'
-    )
-    with under_timeout(240):
-        result = pipeline.train(remote_cfg)
-    assert result.heads["ranker"] >= 1
-    remote = purchase_ndcg(remote_cfg)
-    assert len(remote) == len(local) > 1000
-    assert abs(remote.mean() - local.mean()) <= 0.003
+    assert_trained_near(trained_shop, dask_cluster, local, tolerance=0.003)
 
 
 def test_dask_engine_config_errors() -> None:
@@ -530,12 +537,4 @@ def test_xgboost_dask_engine_on_the_shop(
     assert one_result.heads == local_result.heads
     assert one_result.train_rows == local_result.train_rows
     np.testing.assert_allclose(purchase_ndcg(one), local, atol=1e-6)
-    two = engine_config(
-        trained_shop, *xgb, 'train.engine="dask"', f'run.scheduler="{dask_cluster}"'
-    )
-    with under_timeout(240):
-        two_result = pipeline.train(two)
-    assert two_result.heads["ranker"] >= 1
-    remote = purchase_ndcg(two)
-    assert len(remote) == len(local) > 300
-    assert abs(remote.mean() - local.mean()) <= 0.01
+    assert_trained_near(trained_shop, dask_cluster, local, *xgb, tolerance=0.01)

@@ -119,59 +119,77 @@ def fit(
     ``rounds`` trees, keeping as many as the local engine's early stopping would on the
     partitions ``valid`` (all of them when there are none, or ``early_stopping_rounds`` is 0);
     sets its booster, features, label, tree count and data fingerprint."""
+    layout = Layout.of(client, parts, f"training rows of '{label}'")
     if isinstance(ranker, LightGBMRanker):
-        _fit_lightgbm(ranker, client, parts, features, label, rounds)
+        _fit_lightgbm(ranker, client, layout, features, rounds)
         ranker.best_iteration_ = best_rounds(ranker, client, valid)
     elif isinstance(ranker, XGBoostRanker):
-        _fit_xgboost(ranker, client, parts, features, label, rounds, valid)
+        _fit_xgboost(ranker, client, layout, features, label, rounds, valid)
     else:
         raise ConfigError(f"train.engine = 'dask' cannot train {ranker.backend} models")
     ranker.features_, ranker.label_ = list(features), label
-    rows = sum(client.gather([client.submit(_rows, p, pure=False) for p in parts]))
     # The sidecar's fingerprint of the training data: rows, columns and the partitions' hashes.
     digest = sum(client.gather([client.submit(_digest, p, pure=False) for p in parts]))
-    ranker.fingerprint_ = f"{rows}x{len(features) + 1}:dask:{digest % (1 << 64):x}"
+    ranker.fingerprint_ = f"{sum(layout.rows)}x{len(features) + 1}:dask:{digest % (1 << 64):x}"
     ranker.monitor = None
     return ranker
 
 
-def _rows(part: Partition) -> int:
-    return int(part[0].shape[0])
+class Layout:
+    """Futures of partitions with their row and group counts (gathered once, after
+    :func:`check_partitions`): what the Dask arrays over them are built from."""
 
+    def __init__(self, parts: Sequence[Any], rows: list[int], groups: list[int]) -> None:
+        self.parts, self.rows, self.groups = list(parts), rows, groups
 
-def _arrays(parts: Sequence[Any], rows: Sequence[int], n: int) -> tuple[Any, Any]:
-    """The features and labels of ``parts`` as Dask arrays, one block per partition."""
-    import dask
-    import dask.array as da
+    @classmethod
+    def of(cls, client: Any, parts: Sequence[Any], what: str) -> Layout:
+        rows = [r for r, _ in check_partitions(client, parts, what)]
+        groups = client.gather([client.submit(_n_groups, p, pure=False) for p in parts])
+        return cls(parts, rows, [int(g) for g in groups])
 
-    pieces = {
-        i: [
-            da.from_delayed(dask.delayed(_part)(p, i), shape=shape, dtype=dtype)
-            for p, shape in zip(parts, shapes, strict=True)
-        ]
-        for i, shapes, dtype in (
-            (0, [(r, n) for r in rows], np.float32),
-            (1, [(r,) for r in rows], np.float64),
+    def blocks(
+        self, fn: Any, shapes: Sequence[tuple[int, ...]], dtype: Any, values: Sequence[Any]
+    ) -> Any:
+        """A Dask array of one block per partition: ``fn(part, values[i])``, of shape
+        ``shapes[i]``."""
+        import dask
+        import dask.array as da
+
+        return da.concatenate(
+            [
+                da.from_delayed(dask.delayed(fn)(p, v), shape=s, dtype=dtype)
+                for p, s, v in zip(self.parts, shapes, values, strict=True)
+            ]
         )
-    }
-    return da.concatenate(pieces[0]), da.concatenate(pieces[1])
+
+    def features(self, n: int) -> Any:
+        """The float32 feature matrix, one block of rows per partition."""
+        return self.blocks(_part, [(r, n) for r in self.rows], np.float32, [0] * len(self.parts))
+
+    def labels(self) -> Any:
+        return self.blocks(_part, [(r,) for r in self.rows], np.float64, [1] * len(self.parts))
+
+    def group_sizes(self) -> Any:
+        return self.blocks(_part, [(g,) for g in self.groups], np.int64, [2] * len(self.parts))
+
+    def query_ids(self) -> Any:
+        """Query ids numbered along the partitions, one per row (each worker's rows are then
+        in query order, however many partitions it holds)."""
+        offsets = np.r_[0, np.cumsum(self.groups)[:-1]].tolist()
+        return self.blocks(_xgb_qid, [(r,) for r in self.rows], np.int64, offsets)
 
 
 def _fit_lightgbm(
     ranker: LightGBMRanker,
     client: Any,
-    parts: Sequence[Any],
+    layout: Layout,
     features: Sequence[str],
-    label: str,
     rounds: int,
 ) -> None:
-    """``lightgbm.dask`` on ``parts``, ``rounds`` trees (no early stopping)."""
-    import dask
-    import dask.array as da
-
+    """``lightgbm.dask`` on the partitions, ``rounds`` trees (no early stopping)."""
     lgb_dask = _import("lightgbm.dask")
-    rows = [r for r, _ in check_partitions(client, parts, f"training rows of '{label}'")]
-    x, y = _arrays(parts, rows, len(features))
+    x, y = layout.features(len(features)), layout.labels()
     params = ranker._lgb_params()
     for key in ("metric", "eval_at", "first_metric_only", "verbosity"):
         params.pop(key, None)
@@ -179,16 +197,9 @@ def _fit_lightgbm(
     # lightgbm.dask gives each worker its Dask threads (run.workers' share of the cores).
     params.pop("num_threads", None)
     if ranker.kind == "rank":
-        n_groups = client.gather([client.submit(_n_groups, p, pure=False) for p in parts])
-        group = da.concatenate(
-            [
-                da.from_delayed(dask.delayed(_part)(p, 2), shape=(g,), dtype=np.int64)
-                for p, g in zip(parts, n_groups, strict=True)
-            ]
-        )
         model = lgb_dask.DaskLGBMRanker(client=client, n_estimators=rounds, **params)
         with client.as_current(), _quiet():  # lightgbm.dask waits on the default client
-            model.fit(x, y, group=group, feature_name=list(features))
+            model.fit(x, y, group=layout.group_sizes(), feature_name=list(features))
     else:
         model = lgb_dask.DaskLGBMClassifier(client=client, n_estimators=rounds, **params)
         with client.as_current(), _quiet():
@@ -213,68 +224,48 @@ def _xgb_qid(part: Partition, offset: int) -> np.ndarray:
     return np.repeat(np.arange(offset, offset + sizes.size, dtype=np.int64), sizes)
 
 
-def _xgb_matrix(
-    ranker: XGBoostRanker,
-    client: Any,
-    parts: Sequence[Any],
-    features: Sequence[str],
-    what: str,
-    ref: Any = None,
-) -> Any:
-    """A ``DaskQuantileDMatrix`` of ``parts``: features, labels and (rank objectives) query ids
-    numbered along the partitions."""
-    import dask
-    import dask.array as da
-
+def _xgb_matrix(ranker: XGBoostRanker, client: Any, layout: Layout, ref: Any = None) -> Any:
+    """A ``DaskQuantileDMatrix`` of the partitions: features, labels and (rank objectives)
+    query ids numbered along the partitions."""
     dxgb = _import("xgboost.dask")
-    rows = [r for r, _ in check_partitions(client, parts, what)]
-    x, _ = _arrays(parts, rows, len(features))
     gains = None
     if ranker.kind == "rank" and ranker.label_gain is not None:
         gains = np.asarray(ranker.label_gain, dtype=np.float32)
-    y = da.concatenate(
-        [
-            da.from_delayed(dask.delayed(_xgb_labels)(p, gains), shape=(r,), dtype=np.float32)
-            for p, r in zip(parts, rows, strict=True)
-        ]
-    )
-    qid = None
-    if ranker.kind == "rank":
-        n_groups = client.gather([client.submit(_n_groups, p, pure=False) for p in parts])
-        offsets = np.r_[0, np.cumsum(n_groups)[:-1]].tolist()
-        qid = da.concatenate(
-            [
-                da.from_delayed(dask.delayed(_xgb_qid)(p, o), shape=(r,), dtype=np.int64)
-                for p, o, r in zip(parts, offsets, rows, strict=True)
-            ]
-        )
+    shapes = [(r,) for r in layout.rows]
+    y = layout.blocks(_xgb_labels, shapes, np.float32, [gains] * len(layout.parts))
     return dxgb.DaskQuantileDMatrix(
-        client, x, y, qid=qid, feature_names=list(features), max_bin=ranker.max_bin(), ref=ref
+        client,
+        layout.features(len(ranker.features_)),
+        y,
+        qid=layout.query_ids() if ranker.kind == "rank" else None,
+        feature_names=list(ranker.features_),
+        max_bin=ranker.max_bin(),
+        ref=ref,
     )
 
 
 def _fit_xgboost(
     ranker: XGBoostRanker,
     client: Any,
-    parts: Sequence[Any],
+    layout: Layout,
     features: Sequence[str],
     label: str,
     rounds: int,
     valid: Sequence[Any],
 ) -> None:
-    """``xgboost.dask.train`` on ``parts``, early stopping on ``valid`` as the local backend
-    does."""
+    """``xgboost.dask.train`` on the partitions, early stopping on ``valid`` as the local
+    backend does."""
     dxgb = _import("xgboost.dask")
     ranker.features_ = list(features)
     params = ranker._xgb_params()
     # Each worker trains on its Dask threads (run.workers' share of the cores).
     params.pop("nthread", None)
     with client.as_current():  # xgboost.dask looks the client up as the default one
-        dtrain = _xgb_matrix(ranker, client, parts, features, f"training rows of '{label}'")
+        dtrain = _xgb_matrix(ranker, client, layout)
         evals = []
         if valid and ranker.early_stopping_rounds > 0:
-            what = f"validation rows of '{label}'"
-            evals = [(_xgb_matrix(ranker, client, valid, features, what, ref=dtrain), "valid")]
+            held_out = Layout.of(client, valid, f"validation rows of '{label}'")
+            evals = [(_xgb_matrix(ranker, client, held_out, ref=dtrain), "valid")]
         out = dxgb.train(
             client,
             params,
