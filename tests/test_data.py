@@ -11,7 +11,7 @@ import pytest
 
 from gbrank import columns as C
 from gbrank.config import ConfigError, DataConfig, dump_toml, load_config
-from gbrank.data.io import load_events
+from gbrank.data.io import load_events, repeated_rows
 from gbrank.data.split import (
     check_fold,
     data_end,
@@ -140,6 +140,44 @@ def test_duplicates_keep_and_drop(tmp_path: Path) -> None:
     dropped = load_events(DataConfig(events=str(path), duplicates="drop"))
     assert kept.events.height == 3 and kept.summary.duplicates == 1
     assert dropped.events.height == 2 and dropped.summary.duplicates_dropped == 1
+
+
+def test_repeated_rows_are_the_rows_a_set_has_seen_before() -> None:
+    """Against a brute-force pass over the rows as tuples (nulls equal, NaN equal to NaN, -0.0
+    equal to 0.0, as Polars compares them), on a frame with many repeats, and equal to what
+    ``unique(maintain_order=True)`` keeps."""
+    import math
+    import random
+
+    rng = random.Random(7)
+    floats = [0.0, -0.0, 1.5, math.nan, None]
+    rows = [
+        (rng.randrange(4), rng.choice(["a", "b", None]), rng.choice(floats), rng.randrange(3))
+        for _ in range(3000)
+    ]
+    frame = pl.DataFrame(
+        rows, schema={"u": pl.Int32, "s": pl.String, "v": pl.Float64, "e": pl.Int8}, orient="row"
+    )
+
+    def canonical(row: tuple) -> tuple:
+        return tuple(
+            ("nan" if isinstance(x, float) and math.isnan(x) else (x + 0.0 if x == 0 else x))
+            for x in row
+        )
+
+    seen: set[tuple] = set()
+    expected = []
+    for i, row in enumerate(rows):
+        key = canonical(row)
+        if key in seen:
+            expected.append(i)
+        seen.add(key)
+    got = repeated_rows(frame)
+    assert 0 < len(expected) < len(rows)
+    assert got.to_list() == expected
+    kept = frame.with_row_index("_r").filter(~pl.col("_r").is_in(got.implode())).drop("_r")
+    assert kept.equals(frame.unique(maintain_order=True))
+    assert repeated_rows(frame.unique(maintain_order=True)).len() == 0
 
 
 # --------------------------------------------------------------------------- validation errors
