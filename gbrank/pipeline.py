@@ -286,8 +286,10 @@ def _load_run_data(
     """The run's events, vocabularies (``users``, ``items`` when the caller holds them),
     attribute tables and folds."""
     events = _read_parquet(verified, "data/events.parquet")
-    users = users or Vocab.load(verified.path("vocab/users.parquet"))
-    items = items or Vocab.load(verified.path("vocab/items.parquet"))
+    if users is None:
+        users = Vocab.load(verified.path("vocab/users.parquet"))
+    if items is None:
+        items = Vocab.load(verified.path("vocab/items.parquet"))
     attrs = (
         _read_parquet(verified, "data/items.parquet")
         if verified.has("data/items.parquet")
@@ -1142,7 +1144,7 @@ def _train_on_dask(
     # holds, and so the model, does not depend on where the scheduler would put them.
     workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
 
-    def partitions(path: str, role: str, head: Head, shared: Shared | None) -> list[Any]:
+    def partitions(path: str, role: str, head: Head, shared: Shared | None) -> on_dask.Layout:
         n_parts = max(len(workers), pq.ParquetFile(path).metadata.num_row_groups)
         futures = [
             client.submit(
@@ -1161,13 +1163,14 @@ def _train_on_dask(
             )
             for i in range(n_parts)
         ]
-        sizes = on_dask.check_partitions(client, futures, f"{path} ({role} rows)")
-        positive = sum(p for _, p in sizes)
-        rows = sum(r for r, _ in sizes)
+        layout = on_dask.Layout.of(client, futures, f"{path} ({role} rows)")
+        rows = sum(layout.rows)
         if role != "valid":
-            check_head_rows(positive, rows, head, "train" if role == "train" else "eval")
+            check_head_rows(
+                sum(layout.positives), rows, head, "train" if role == "train" else "eval"
+            )
         counted.setdefault(role, rows)  # the first head's, as the local engine reports
-        return [f for f, (r, _) in zip(futures, sizes, strict=True) if r > 0]
+        return layout.nonempty()
 
     evaluated: dict[str, Ranker] = {}
     served: dict[str, Ranker] = {}

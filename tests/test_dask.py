@@ -505,11 +505,11 @@ def test_xgboost_on_dask_is_the_local_model_when_the_bins_agree(
         remote = on_dask.fit(
             ranker(),
             client,
-            scattered(client, train, features, 4, workers),
+            on_dask.Layout.of(client, scattered(client, train, features, 4, workers), "train"),
             features,
             "grade",
             80,
-            valid=scattered(client, valid, features, 2, workers),
+            valid=on_dask.Layout.of(client, scattered(client, valid, features, 2, workers), "v"),
         )
     assert 1 < remote.best_iteration_ == local.best_iteration_ < 80
     assert remote.features_ == features and remote.label_ == "grade"

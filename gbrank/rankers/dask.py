@@ -109,20 +109,21 @@ def _digest(part: Partition) -> int:
 def fit(
     ranker: Ranker,
     client: Any,
-    parts: Sequence[Any],
+    layout: Layout,
     features: Sequence[str],
     label: str,
     rounds: int,
-    valid: Sequence[Any] = (),
+    valid: Layout | None = None,
 ) -> Ranker:
-    """Train ``ranker``'s model on ``parts`` (futures of :data:`Partition`) for at most
-    ``rounds`` trees, keeping as many as the local engine's early stopping would on the
-    partitions ``valid`` (all of them when there are none, or ``early_stopping_rounds`` is 0);
-    sets its booster, features, label, tree count and data fingerprint."""
-    layout = Layout.of(client, parts, f"training rows of '{label}'")
+    """Train ``ranker``'s model on the partitions of ``layout`` (checked by
+    :meth:`Layout.of`) for at most ``rounds`` trees, keeping as many as the local engine's
+    early stopping would on the partitions of ``valid`` (all of them when there are none, or
+    ``early_stopping_rounds`` is 0); sets its booster, features, label, tree count and data
+    fingerprint."""
+    parts = layout.parts
     if isinstance(ranker, LightGBMRanker):
         _fit_lightgbm(ranker, client, layout, features, rounds)
-        ranker.best_iteration_ = best_rounds(ranker, client, valid)
+        ranker.best_iteration_ = best_rounds(ranker, client, valid.parts if valid else [])
     elif isinstance(ranker, XGBoostRanker):
         _fit_xgboost(ranker, client, layout, features, label, rounds, valid)
     else:
@@ -136,17 +137,30 @@ def fit(
 
 
 class Layout:
-    """Futures of partitions with their row and group counts (gathered once, after
-    :func:`check_partitions`): what the Dask arrays over them are built from."""
+    """Futures of partitions with their row, positive-row and group counts, gathered once
+    when :meth:`of` checks them: what the Dask arrays over them are built from."""
 
-    def __init__(self, parts: Sequence[Any], rows: list[int], groups: list[int]) -> None:
-        self.parts, self.rows, self.groups = list(parts), rows, groups
+    def __init__(
+        self, parts: Sequence[Any], rows: list[int], positives: list[int], groups: list[int]
+    ) -> None:
+        self.parts, self.rows, self.positives, self.groups = list(parts), rows, positives, groups
 
     @classmethod
     def of(cls, client: Any, parts: Sequence[Any], what: str) -> Layout:
-        rows = [r for r, _ in check_partitions(client, parts, what)]
+        """The layout of ``parts``, refused as :func:`check_partitions` says."""
+        sizes = check_partitions(client, parts, what)
         groups = client.gather([client.submit(_n_groups, p, pure=False) for p in parts])
-        return cls(parts, rows, [int(g) for g in groups])
+        return cls(parts, [r for r, _ in sizes], [n for _, n in sizes], [int(g) for g in groups])
+
+    def nonempty(self) -> Layout:
+        """The partitions that hold a row."""
+        keep = [i for i, r in enumerate(self.rows) if r > 0]
+        return Layout(
+            [self.parts[i] for i in keep],
+            [self.rows[i] for i in keep],
+            [self.positives[i] for i in keep],
+            [self.groups[i] for i in keep],
+        )
 
     def blocks(
         self, fn: Any, shapes: Sequence[tuple[int, ...]], dtype: Any, values: Sequence[Any]
@@ -251,7 +265,7 @@ def _fit_xgboost(
     features: Sequence[str],
     label: str,
     rounds: int,
-    valid: Sequence[Any],
+    valid: Layout | None,
 ) -> None:
     """``xgboost.dask.train`` on the partitions, early stopping on ``valid`` as the local
     backend does."""
@@ -263,9 +277,8 @@ def _fit_xgboost(
     with client.as_current():  # xgboost.dask looks the client up as the default one
         dtrain = _xgb_matrix(ranker, client, layout)
         evals = []
-        if valid and ranker.early_stopping_rounds > 0:
-            held_out = Layout.of(client, valid, f"validation rows of '{label}'")
-            evals = [(_xgb_matrix(ranker, client, held_out, ref=dtrain), "valid")]
+        if valid is not None and valid.parts and ranker.early_stopping_rounds > 0:
+            evals = [(_xgb_matrix(ranker, client, valid, ref=dtrain), "valid")]
         out = dxgb.train(
             client,
             params,
