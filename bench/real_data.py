@@ -6,6 +6,10 @@ other key at its default. Prints NDCG@10 and Recall@20 of the ranker and of each
 each target that has positives, plus the wall time of each stage and the peak RSS.
 
     python bench/real_data.py --data /path/to/datasets
+    python bench/real_data.py --data /path/to/datasets --set train.params.num_leaves=63
+
+``--set key=value`` (repeatable) overrides a config key for every dataset, on top of its
+suggested config.
 """
 
 from __future__ import annotations
@@ -32,12 +36,14 @@ DATASETS = {
 }
 
 
-def run_one(name: str, fmt: str, src: Path, work: Path) -> str:
+def run_one(name: str, fmt: str, src: Path, work: Path, overrides: list[str]) -> str:
     lines = [f"## {name} ({fmt}: {src.name})"]
     t0 = time.perf_counter()
     imported = import_dataset(fmt, src, work / name)
     timings = {"import": time.perf_counter() - t0}
-    cfg = load_config(work / name / "gbrank.toml", [f'run.workspace="{work / name / "ws"}"'])
+    cfg = load_config(
+        work / name / "gbrank.toml", [f'run.workspace="{work / name / "ws"}"', *overrides]
+    )
     for stage, func in (
         ("generate", pipeline.generate),
         ("features", pipeline.build_features),
@@ -47,12 +53,15 @@ def run_one(name: str, fmt: str, src: Path, work: Path) -> str:
         t = time.perf_counter()
         result = func(cfg)
         timings[stage] = time.perf_counter() - t
+        if stage == "train":
+            trees = result.best_iteration  # type: ignore[union-attr]
     metrics: pl.DataFrame = result.metrics  # type: ignore[union-attr]
     users = result.users  # type: ignore[union-attr]
     lines.append(
         f"{imported.events:,} events, {imported.users:,} users, {imported.items:,} items; "
         f"horizon {imported.horizon_days} days; "
         + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items())
+        + f"; {trees} trees"
     )
     for target, n in users.items():
         if n == 0:
@@ -73,6 +82,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, required=True, help="folder holding the samples")
     parser.add_argument("--only", nargs="*", default=None, help="dataset names to run")
+    parser.add_argument("--set", action="append", default=[], help="config override key=value")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="gbrank_real_") as tmp:
         for name, (fmt, rel) in DATASETS.items():
@@ -82,7 +92,7 @@ def main() -> None:
             if not src.exists():
                 print(f"## {name}: {src} not found, skipped\n")
                 continue
-            print(run_one(name, fmt, src, Path(tmp)), flush=True)
+            print(run_one(name, fmt, src, Path(tmp), args.set), flush=True)
             print()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS {peak:.0f} MB")

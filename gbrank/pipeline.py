@@ -932,6 +932,7 @@ def make_ranker(cfg: Config, kind: str = "rank", **overrides: Any) -> Ranker:
         "params": cfg.train.backend_params,
         "num_boost_round": cfg.train.num_boost_round,
         "early_stopping_rounds": cfg.train.early_stopping_rounds,
+        "min_delta": cfg.train.min_delta,
         "label_gain": [0.0, *cfg.events.gain_list()],
         "seed": cfg.run.seed,
         "eval_at": cfg.eval.ks,

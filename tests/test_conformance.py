@@ -288,18 +288,26 @@ def test_bad_head_blend_and_backend_settings_are_config_errors(
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_early_stopping_is_on_the_first_ndcg_cutoff(backend: str) -> None:
-    """The best iteration is the first maximum of NDCG at the first eval_at cutoff on the
-    validation users (not of NDCG@20 nor of the training loss), as a plain fit records it."""
+@pytest.mark.parametrize(("patience", "min_delta"), [(60, 0.0), (8, 0.0), (8, 0.003)])
+def test_early_stopping_is_on_the_first_ndcg_cutoff(
+    backend: str, patience: int, min_delta: float
+) -> None:
+    """The best iteration is where early stopping on NDCG at the first eval_at cutoff on the
+    validation users (not NDCG@20 nor the training loss) ends, as a plain fit records that
+    curve: its first maximum with full patience, else the best round that no round better by
+    more than ``min_delta`` follows within ``patience`` rounds (the Dask engine's rule)."""
     import lightgbm as lgb
     import xgboost as xgb
+
+    from gbrank.rankers.dask import stopping_round
 
     train, valid = frame(0, users=300), frame(1, users=100)
     ranker = make_ranker(
         backend,
         "rank",
         num_boost_round=60,
-        early_stopping_rounds=60,
+        early_stopping_rounds=patience,
+        min_delta=min_delta,
         label_gain=GAINS,
         eval_at=(3, 20),
         params={"learning_rate": 0.3},
@@ -323,7 +331,11 @@ def test_early_stopping_is_on_the_first_ndcg_cutoff(backend: str) -> None:
             params, dtrain, 60, evals=[(dvalid, "v")], evals_result=record, verbose_eval=False
         )
         curve = record["v"]["ndcg@3"]
-    assert ranker.best_iteration_ == int(np.argmax(curve)) + 1
+    if patience == 60:
+        assert ranker.best_iteration_ == int(np.argmax(curve)) + 1
+    assert ranker.best_iteration_ == stopping_round(np.asarray(curve), patience, min_delta)
+    if min_delta > 0:  # the tolerance cut this curve short
+        assert ranker.best_iteration_ < stopping_round(np.asarray(curve), patience)
 
 
 def test_heads_learn_from_their_rows_and_refuse_an_empty_target() -> None:

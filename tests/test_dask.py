@@ -306,7 +306,8 @@ def ranking_problem(seed: int, groups: int = 300) -> tuple[np.ndarray, np.ndarra
 def test_the_held_out_curve_is_lightgbms_own_metric() -> None:
     """NDCG@10 after each tree, computed from the model as the workers do, against the values
     LightGBM's own early-stopping metric records on the same validation set; and the round
-    early stopping keeps, from that curve, against LightGBM's callback."""
+    early stopping keeps, from that curve, against LightGBM's callback, with and without a
+    minimum gain."""
     import lightgbm as lgb
 
     from gbrank.rankers.dask import _curve, stopping_round
@@ -324,7 +325,7 @@ def test_the_held_out_curve_is_lightgbms_own_metric() -> None:
         callbacks=[lgb.record_evaluation(recorded), lgb.early_stopping(8, verbose=False)],
         keep_training_booster=True,  # every tree, not only the best ones
     )
-    ours = _curve(
+    summed, groups = _curve(
         (xv, yv, sv, np.zeros(0)),
         booster.model_to_string(num_iteration=-1),
         "rank",
@@ -332,9 +333,30 @@ def test_the_held_out_curve_is_lightgbms_own_metric() -> None:
         np.array(gains),
     )
     theirs = np.asarray(recorded["valid_0"]["ndcg@10"])
-    np.testing.assert_allclose(ours / len(sv), theirs, atol=1e-12)
+    assert groups == len(sv)
+    ours = summed / groups
+    np.testing.assert_allclose(ours, theirs, atol=1e-12)
     assert len(theirs) > booster.best_iteration > 1
     assert stopping_round(ours, 8) == booster.best_iteration
+
+    def fit(*callbacks: Any) -> lgb.Booster:
+        return lgb.train(
+            {**params, "label_gain": gains, "verbosity": -1, "learning_rate": 0.05},
+            lgb.Dataset(x, y, group=sizes),
+            60,
+            valid_sets=[lgb.Dataset(xv, yv, group=sv)],
+            callbacks=list(callbacks),
+        )
+
+    every = fit()  # the whole curve, then early stopping with 20 rounds of patience
+    summed, groups = _curve(
+        (xv, yv, sv, np.zeros(0)), every.model_to_string(), "rank", 10, np.array(gains)
+    )
+    plain = fit(lgb.early_stopping(20, verbose=False))
+    tolerant = fit(lgb.early_stopping(20, verbose=False, min_delta=0.0005))
+    assert tolerant.best_iteration < plain.best_iteration
+    assert stopping_round(summed / groups, 20) == plain.best_iteration
+    assert stopping_round(summed / groups, 20, min_delta=0.0005) == tolerant.best_iteration
 
 
 def test_split_users_and_mismatched_groups_are_refused(dask_ex: DaskExecutor) -> None:

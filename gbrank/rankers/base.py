@@ -180,6 +180,7 @@ class Ranker(ABC):
         params: dict[str, Any] | None = None,
         num_boost_round: int = 400,
         early_stopping_rounds: int = 40,
+        min_delta: float = 0.0,
         label_gain: Sequence[float] | None = None,
         seed: int = 0,
         eval_at: Sequence[int] = (10, 20),
@@ -195,6 +196,7 @@ class Ranker(ABC):
         self.params = dict(params or {})
         self.num_boost_round = num_boost_round
         self.early_stopping_rounds = early_stopping_rounds
+        self.min_delta = float(min_delta)
         self.label_gain = list(label_gain) if label_gain is not None else None
         self.seed = seed
         self.eval_at = list(eval_at)
@@ -296,6 +298,7 @@ class Ranker(ABC):
             "params": self.params,
             "num_boost_round": self.num_boost_round,
             "early_stopping_rounds": self.early_stopping_rounds,
+            "min_delta": self.min_delta,
             "best_iteration": self.best_iteration_,
             "label_gain": self.label_gain,
             "seed": self.seed,
@@ -320,6 +323,7 @@ class Ranker(ABC):
             params=meta["params"],
             num_boost_round=meta["num_boost_round"],
             early_stopping_rounds=meta["early_stopping_rounds"],
+            min_delta=meta.get("min_delta", 0.0),
             label_gain=meta["label_gain"],
             seed=meta["seed"],
             eval_at=meta.get("eval_at", (10, 20)),

@@ -285,8 +285,8 @@ def _fit_xgboost(
             dtrain,
             num_boost_round=rounds,
             evals=evals,
-            early_stopping_rounds=ranker.early_stopping_rounds if evals else None,
             verbose_eval=False,
+            callbacks=[ranker.early_stopping()] if evals else None,
         )
     booster = out["booster"]
     booster.set_param({"nthread": ranker.num_threads})
@@ -313,9 +313,11 @@ def ndcg_at(
     return np.where(idcg > 0, dcg / np.where(idcg > 0, idcg, 1.0), 1.0)
 
 
-def _curve(part: Partition, model: str, kind: str, k: int, gains: np.ndarray | None) -> np.ndarray:
+def _curve(
+    part: Partition, model: str, kind: str, k: int, gains: np.ndarray | None
+) -> tuple[np.ndarray, int]:
     """On a worker: the validation metric of one partition after each tree, summed over its
-    groups (NDCG) or rows (log loss)."""
+    groups (NDCG) or rows (log loss), and the number of groups or rows."""
     import lightgbm as lgb
 
     booster = lgb.Booster(model_str=model)
@@ -331,14 +333,15 @@ def _curve(part: Partition, model: str, kind: str, k: int, gains: np.ndarray | N
         else:
             p = np.clip(1.0 / (1.0 + np.exp(-total)), 1e-15, 1 - 1e-15)
             out[t] = -(y * np.log(p) + (1 - y) * np.log(1 - p)).sum()
-    return out
+    return out, int(sizes.size if kind == "rank" else x.shape[0])
 
 
 def best_rounds(ranker: LightGBMRanker, client: Any, valid: Sequence[Any]) -> int:
     """The number of trees the local engine's early stopping would keep: the best validation
-    score (NDCG, or minus the log loss) over the partitions ``valid``, where no better one
-    follows within ``early_stopping_rounds`` trees; every tree when there is no validation
-    partition or early stopping is off."""
+    score (mean NDCG over the groups, or minus the mean log loss) over the partitions
+    ``valid``, where none better by more than ``min_delta`` follows within
+    ``early_stopping_rounds`` trees; every tree when there is no validation partition or early
+    stopping is off."""
     n = ranker.booster_.current_iteration()
     patience = ranker.early_stopping_rounds
     if not valid or patience <= 0:
@@ -351,24 +354,27 @@ def best_rounds(ranker: LightGBMRanker, client: Any, valid: Sequence[Any]) -> in
     curves = client.gather(
         [client.submit(_curve, p, model, ranker.kind, k, gains, pure=False) for p in valid]
     )
-    score = np.sum(curves, axis=0)
+    count = max(sum(n for _, n in curves), 1)
+    score = np.sum([curve for curve, _ in curves], axis=0) / count
     if ranker.kind != "rank":
         score = -score  # log loss: lower is better
-    return stopping_round(score, patience)
+    return stopping_round(score, patience, ranker.min_delta)
 
 
-def stopping_round(score: np.ndarray, patience: int) -> int:
+def stopping_round(score: np.ndarray, patience: int, min_delta: float = 0.0) -> int:
     """Early stopping on a validation curve (higher is better), as LightGBM's callback: the
-    1-based round of the best score seen when ``patience`` rounds pass without a better one
-    (or when the curve ends).
+    1-based round of the best score seen when ``patience`` rounds pass without one better by
+    more than ``min_delta`` (or when the curve ends).
 
     Example:
         >>> stopping_round(np.array([0.1, 0.3, 0.2, 0.3, 0.25, 0.9]), patience=3)
         2
+        >>> stopping_round(np.array([0.1, 0.3, 0.31, 0.32, 0.33, 0.34]), 2, min_delta=0.05)
+        2
     """
     best, best_at = -np.inf, 0
     for t, value in enumerate(score):
-        if value > best:
+        if value > best + min_delta:
             best, best_at = value, t
         elif t - best_at >= patience:
             break

@@ -209,7 +209,10 @@ class LightGBMRanker(Ranker):
             valid_sets = [self._dataset(valid, reference=dtrain)]
             callbacks.append(
                 lgb.early_stopping(
-                    self.early_stopping_rounds, first_metric_only=True, verbose=False
+                    self.early_stopping_rounds,
+                    first_metric_only=True,
+                    verbose=False,
+                    min_delta=self.min_delta,
                 )
             )
         if self.monitor is not None:

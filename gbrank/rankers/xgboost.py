@@ -103,6 +103,17 @@ class XGBoostRanker(Ranker):
         params.update({k: v for k, v in self.params.items() if k not in own})
         return params
 
+    def early_stopping(self) -> xgb.callback.EarlyStopping:
+        """The early stopping callback: ``early_stopping_rounds`` of patience, a round better
+        only when it beats the best by more than ``min_delta``; every tree is kept (the best
+        count is ``best_iteration + 1``)."""
+        return xgb.callback.EarlyStopping(
+            rounds=self.early_stopping_rounds,
+            maximize=self.kind == "rank",
+            min_delta=self.min_delta,
+            save_best=False,
+        )
+
     def _labels(self, frame: pl.DataFrame) -> np.ndarray:
         grades = frame[self.label_].to_numpy()
         if self.kind == "rank" and self.label_gain is not None:
@@ -130,16 +141,19 @@ class XGBoostRanker(Ranker):
     def _train(self, train: pl.DataFrame, valid: pl.DataFrame | None) -> None:
         dtrain = self._matrix(train)
         evals = []
+        callbacks: list[xgb.callback.TrainingCallback] = []
         if valid is not None:
             evals = [(self._matrix(valid, ref=dtrain), "valid")]
+            callbacks.append(self.early_stopping())
+            if self.monitor is not None:
+                callbacks.append(_Monitor(self.monitor))
         self.booster_ = xgb.train(
             self._xgb_params(),
             dtrain,
             num_boost_round=self.num_boost_round,
             evals=evals,
-            early_stopping_rounds=self.early_stopping_rounds if evals else None,
             verbose_eval=False,
-            callbacks=[_Monitor(self.monitor)] if self.monitor is not None and evals else None,
+            callbacks=callbacks or None,
         )
         rounds = self.booster_.num_boosted_rounds()
         if evals:
