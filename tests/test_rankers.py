@@ -12,7 +12,7 @@ from gbrank import columns as C
 from gbrank.config import load_config
 from gbrank.errors import NotFittedError
 from gbrank.pipeline import training_rows, validation_mask
-from gbrank.rankers.base import query_groups
+from gbrank.rankers.base import feature_matrix, query_groups
 from gbrank.rankers.lightgbm import LightGBMRanker
 from gbrank.rankers.sampling import stable_unit
 
@@ -60,6 +60,21 @@ def test_ranker_learns_signal_and_round_trips(tmp_path: Path) -> None:
     reordered = test.select(C.GRADE, "f2", C.ITEM, "f1", C.USER)
     assert np.array_equal(loaded.predict(reordered), scores)
     assert loaded.sidecar()["feature_names"] == ["f1", "f2"]
+
+
+def test_widened_feature_matrix_holds_the_float32_values_in_row_order() -> None:
+    """What compiled trees read: LightGBM's float32 values (not the frame's float64 ones)
+    widened exactly, nulls as NaN, columns by name, C-contiguous."""
+    frame = pl.DataFrame({"a": [1.1, None, -3.3], "b": [1, 2, 3]}, schema_overrides={"b": pl.Int8})
+    narrow = feature_matrix(frame, ["b", "a"])
+    wide = feature_matrix(frame, ["b", "a"], widened=True)
+    assert narrow.dtype == np.float32 and wide.dtype == np.float64
+    assert wide.flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(wide, narrow.astype(np.float64))
+    assert wide[0, 1] == float(np.float32(1.1)) != 1.1
+    assert np.isnan(wide[1, 1]) and wide[2, 0] == 3.0
+    with pytest.raises(ValueError, match=r"missing from the frame: \['c'\]"):
+        feature_matrix(frame, ["a", "c"], widened=True)
 
 
 def test_training_rows_keep_every_positive() -> None:

@@ -68,12 +68,18 @@ def query_groups(frame: pl.DataFrame) -> Groups:
     return Groups(sizes, qid)
 
 
-def feature_matrix(frame: pl.DataFrame, features: Sequence[str]) -> np.ndarray:
+def feature_matrix(
+    frame: pl.DataFrame, features: Sequence[str], *, widened: bool = False
+) -> np.ndarray:
     """The float32 matrix of ``features``, selected by name (a column order of the frame never
-    matters); a ValueError naming the missing ones."""
+    matters); a ValueError naming the missing ones. ``widened``: the same float32 values
+    widened exactly to float64, in row order (C-contiguous), as compiled trees read them."""
     missing = [f for f in features if f not in frame.columns]
     if missing:
         raise ValueError(f"feature columns missing from the frame: {missing}")
+    if widened:
+        columns = (pl.col(f).cast(pl.Float32).cast(pl.Float64) for f in features)
+        return frame.select(columns).to_numpy(order="c")
     return frame.select(pl.col(f).cast(pl.Float32) for f in features).to_numpy()
 
 
