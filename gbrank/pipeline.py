@@ -1307,12 +1307,13 @@ def evaluate(cfg: Config) -> EvalResult:
     t0 = time.perf_counter()
     run, verified = verify_run(cfg, "eval", link=True)
     features_path = verified.path("features/eval.parquet")
-    labels = _read_parquet(verified, "labels/eval.parquet")
     heads = load_heads(cfg, verified, "eval")
     import pyarrow.parquet as pq
 
     n_rows = pq.ParquetFile(features_path).metadata.num_rows
-    predictors = {name: prepare_scoring(r, cfg, n_rows) for name, r in heads.items()}
+    for r in heads.values():  # compiled while the labels and the first batch are read
+        prepare_scoring(r, cfg, n_rows, background=True)
+    labels = _read_parquet(verified, "labels/eval.parquet")
     k_max = max(cfg.eval.ks)
     rank_cols = [C.rank_col(s) for s in cfg.candidates.sources]
     scored_models = [*heads, *blend_names(cfg.train.heads, cfg.blend.weights)]
@@ -1352,6 +1353,9 @@ def evaluate(cfg: Config) -> EvalResult:
         for model, frame in batch_lists.items():
             parts[model].append(frame)
     lists = {model: _concat_lists(frames) for model, frames in parts.items()}
+    for r in heads.values():
+        r.wait_compiled()
+    predictors = {name: r.predictor for name, r in heads.items()}
     # The metrics need the labels alone; the report, the history of the eval users.
     fold = _load_folds(verified)["eval"]
     relevant = {target: relevant_items(labels, target) for target in cfg.eval.targets}
@@ -1570,10 +1574,14 @@ COMPILE_MIN_ROWS = 1_000_000
 COMPILED_CACHE = "compiled"  # <workspace>/compiled/<key>.o: lleaves objects, see LightGBMRanker
 
 
-def prepare_scoring(ranker: Ranker, cfg: Config, rows: int) -> str:
+def prepare_scoring(ranker: Ranker, cfg: Config, rows: int, *, background: bool = False) -> str:
     """Compile ``ranker`` when ``eval.predictor`` asks for it (``auto``: a LightGBM model,
     lleaves installed and about ``rows`` rows to score, at least ``COMPILE_MIN_ROWS``).
-    Returns the predictor used: "lleaves", or the backend's own ("lightgbm", "xgboost")."""
+    Returns the predictor chosen: "lleaves", or the backend's own ("lightgbm", "xgboost").
+
+    With ``background``, the compile runs on a thread while the caller goes on (the stage's
+    first scores wait for it; ``ranker.predictor`` then tells what scored): ``recommend``
+    makes its first batch's candidates and features meanwhile."""
     choice = cfg.eval.predictor
     own = ranker.backend
     if choice == "lleaves" and ranker.compiler != "lleaves":
@@ -1595,7 +1603,10 @@ def prepare_scoring(ranker: Ranker, cfg: Config, rows: int) -> str:
         # eval.compile_cache: compiled code kept in the workspace, keyed by the model, so
         # serving the same champion again (a daily `recommend --run current`) loads it.
         cache = Path(cfg.run.workspace) / COMPILED_CACHE if cfg.eval.compile_cache else None
-        ranker.compile(cache_dir=cache)
+        if background:
+            ranker.compile_in_background(cache, fallback=choice != "lleaves")
+        else:
+            ranker.compile(cache_dir=cache)
     except Exception as exc:  # LLVM failures are not ours to crash on when "auto" chose it
         if choice == "lleaves":
             raise
@@ -1772,7 +1783,7 @@ class Recommender:
         if cfg.candidates.max_per_user > 0:
             per_user = min(per_user, cfg.candidates.max_per_user)
         predictors = {
-            name: prepare_scoring(ranker, cfg, len(self.known) * per_user)
+            name: prepare_scoring(ranker, cfg, len(self.known) * per_user, background=True)
             for name, ranker in heads.items()
         }
         return ServingModels(

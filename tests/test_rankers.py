@@ -150,6 +150,52 @@ def test_compiled_model_scores_like_lightgbm(
     assert np.array_equal(np.argsort(-got, kind="stable"), np.argsort(-expected, kind="stable"))
 
 
+def test_a_compile_in_the_background_is_waited_for_and_its_failure_handled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``compile_in_background`` returns at once; the first ``predict`` waits and scores with
+    the compiled trees (the same scores as a compile in the foreground). A failed compile is
+    raised by that ``predict``, or, with ``fallback``, warned about once while LightGBM
+    scores."""
+    import threading
+
+    from gbrank.errors import GbrankWarning
+
+    ranker = LightGBMRanker(num_boost_round=30, early_stopping_rounds=0)
+    ranker.fit(ranking_frame(0), ["f1", "f2"], C.GRADE)
+    test = ranking_frame(1)
+    plain = ranker.predict(test)
+    release = threading.Event()
+    compile_now = LightGBMRanker.compile
+
+    def slow_compile(self: LightGBMRanker, cache_dir: Path | None = None) -> None:
+        release.wait(timeout=30)  # held until the caller has gone on
+        compile_now(self, cache_dir)
+
+    monkeypatch.setattr(LightGBMRanker, "compile", slow_compile)
+    ranker.compile_in_background(None, fallback=False)
+    assert ranker.predictor == "lightgbm"  # not compiled yet: the call did not wait
+    release.set()
+    scores = ranker.predict(test)
+    assert ranker.predictor == "lleaves"
+    np.testing.assert_allclose(scores, plain, rtol=0, atol=1e-12)
+
+    def broken(self: LightGBMRanker, cache_dir: Path | None = None) -> None:
+        raise RuntimeError("LLVM ran out of luck")
+
+    monkeypatch.setattr(LightGBMRanker, "compile", broken)
+    ranker.compiled_ = None
+    ranker.compile_in_background(None, fallback=False)
+    with pytest.raises(RuntimeError, match="out of luck"):
+        ranker.predict(test)
+    ranker.compile_in_background(None, fallback=True)
+    with pytest.warns(GbrankWarning, match="lleaves failed .*LLVM ran out of luck.*lightgbm"):
+        scores = ranker.predict(test)
+    assert ranker.predictor == "lightgbm"
+    np.testing.assert_array_equal(scores, plain)
+    ranker.predict(test)  # warned once: the failure is dealt with
+
+
 def test_compile_without_lleaves_raises_import_error(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 

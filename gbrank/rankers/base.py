@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -240,6 +241,25 @@ class Ranker(ABC):
         the backend itself)."""
         raise ImportError(f"no compiler for {self.backend} models")
 
+    def compile_in_background(self, cache_dir: Path | None = None, *, fallback: bool) -> None:
+        """Start ``compile`` on a thread of its own and return: the caller loads and builds
+        what it needs meanwhile (LLVM's work releases the GIL), and the next ``predict`` (or
+        ``wait_compiled``) waits for it. A failure is raised there, or, with ``fallback``,
+        warned about, the backend then scoring itself."""
+        self._compilation = _Compilation(self, cache_dir, fallback)
+
+    def wait_compiled(self) -> None:
+        """Wait for a compile started by ``compile_in_background`` (nothing when none is)."""
+        compilation = getattr(self, "_compilation", None)
+        if compilation is not None:
+            compilation.wait()
+
+    @property
+    def predictor(self) -> str:
+        """What scores: the compiler's name once compiled, else the backend's."""
+        compiled = getattr(self, "compiled_", None) is not None
+        return self.compiler if compiled and self.compiler is not None else self.backend
+
     @classmethod
     @abstractmethod
     def check_params(cls, params: dict[str, Any], where: str) -> None:
@@ -282,6 +302,7 @@ class Ranker(ABC):
     def predict(self, frame: pl.DataFrame) -> np.ndarray:
         """Scores for every row, features selected by name."""
         self._check_fitted()
+        self.wait_compiled()
         if frame.is_empty():
             return np.zeros(0, dtype=np.float64)
         return self._predict(frame)
@@ -350,6 +371,39 @@ class Ranker(ABC):
                 f"{cls.backend}: load it with gbrank.rankers.load_ranker"
             )
         return cls.from_sidecar(meta, data)
+
+
+class _Compilation:
+    """A ranker's ``compile`` running on a thread; ``wait`` joins it and deals with a failure
+    once, whichever thread waits first."""
+
+    def __init__(self, ranker: Ranker, cache_dir: Path | None, fallback: bool) -> None:
+        self.ranker, self.fallback = ranker, fallback
+        self.error: Exception | None = None
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(
+            target=self._run, args=(cache_dir,), name="gbrank-compile", daemon=True
+        )
+        self.thread.start()
+
+    def _run(self, cache_dir: Path | None) -> None:
+        try:
+            self.ranker.compile(cache_dir=cache_dir)
+        except Exception as exc:  # handed to the thread that waits
+            self.error = exc
+
+    def wait(self) -> None:
+        self.thread.join()
+        with self.lock:
+            error, self.error = self.error, None
+        if error is None:
+            return
+        if not self.fallback:
+            raise error
+        warn(
+            f"compiling the ranker with {self.ranker.compiler} failed ({error}); "
+            f"{self.ranker.backend} scores instead"
+        )
 
 
 def data_fingerprint(frame: pl.DataFrame, columns: Sequence[str]) -> str:
