@@ -224,7 +224,7 @@ class TrainConfig:
     # more than this (NDCG, or log loss for the binary heads): the validation curve flattens
     # long before it peaks, and every tree costs its share of training and scoring. 0.0002
     # kept 131 trees instead of 233 at 10M events for 0.0005 of held-out NDCG@10
-    # (docs/architecture.md, "Training sample").
+    # (docs/architecture.md, "Ranker").
     min_delta: float = 0.0002
     valid_fraction: float = 0.2
     sample: SampleConfig = field(default_factory=SampleConfig)
