@@ -1577,11 +1577,14 @@ COMPILED_CACHE = "compiled"  # <workspace>/compiled/<key>.o: lleaves objects, se
 def prepare_scoring(ranker: Ranker, cfg: Config, rows: int, *, background: bool = False) -> str:
     """Compile ``ranker`` when ``eval.predictor`` asks for it (``auto``: a LightGBM model,
     lleaves installed and about ``rows`` rows to score, at least ``COMPILE_MIN_ROWS``).
-    Returns the predictor chosen: "lleaves", or the backend's own ("lightgbm", "xgboost").
+    Returns the predictor: "lleaves", or the backend's own ("lightgbm", "xgboost"). A failed
+    compile is raised when ``eval.predictor`` is "lleaves", else warned about (the backend
+    then scores).
 
-    With ``background``, the compile runs on a thread while the caller goes on (the stage's
-    first scores wait for it; ``ranker.predictor`` then tells what scored): ``recommend``
-    makes its first batch's candidates and features meanwhile."""
+    With ``background``, the compile runs on a thread while the caller goes on and "lleaves"
+    is returned at once: the ranker's first scores wait for it (and meet a failure), and
+    ``ranker.predictor`` tells what scored. ``eval`` reads its first batch meanwhile,
+    ``recommend`` makes its first batch's candidates and features."""
     choice = cfg.eval.predictor
     own = ranker.backend
     if choice == "lleaves" and ranker.compiler != "lleaves":
@@ -1599,20 +1602,15 @@ def prepare_scoring(ranker: Ranker, cfg: Config, rows: int, *, background: bool 
                 "pip install 'lleaves>=1.3' 'llvmlite<0.45', or set eval.predictor = 'lightgbm'"
             )
         return own
-    try:
-        # eval.compile_cache: compiled code kept in the workspace, keyed by the model, so
-        # serving the same champion again (a daily `recommend --run current`) loads it.
-        cache = Path(cfg.run.workspace) / COMPILED_CACHE if cfg.eval.compile_cache else None
-        if background:
-            ranker.compile_in_background(cache, fallback=choice != "lleaves")
-        else:
-            ranker.compile(cache_dir=cache)
-    except Exception as exc:  # LLVM failures are not ours to crash on when "auto" chose it
-        if choice == "lleaves":
-            raise
-        warn(f"compiling the ranker with lleaves failed ({exc}); LightGBM scores instead")
-        return own
-    return "lleaves"
+    # eval.compile_cache: compiled code kept in the workspace, keyed by the model, so serving
+    # the same champion again (a daily `recommend --run current`) loads it.
+    cache = Path(cfg.run.workspace) / COMPILED_CACHE if cfg.eval.compile_cache else None
+    # LLVM failures are not ours to crash on when "auto" chose lleaves: fall back then.
+    ranker.compile_in_background(cache, fallback=choice != "lleaves")
+    if background:
+        return "lleaves"
+    ranker.wait_compiled()
+    return ranker.predictor
 
 
 def _drop_other_models(run: Run, keep: set[str]) -> None:

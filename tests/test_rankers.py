@@ -188,6 +188,8 @@ def test_a_compile_in_the_background_is_waited_for_and_its_failure_handled(
     ranker.compile_in_background(None, fallback=False)
     with pytest.raises(RuntimeError, match="out of luck"):
         ranker.predict(test)
+    with pytest.raises(RuntimeError, match="out of luck"):  # again: never LightGBM's scores
+        ranker.predict(test)
     ranker.compile_in_background(None, fallback=True)
     with pytest.warns(GbrankWarning, match="lleaves failed .*LLVM ran out of luck.*lightgbm"):
         scores = ranker.predict(test)

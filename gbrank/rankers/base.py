@@ -374,8 +374,9 @@ class Ranker(ABC):
 
 
 class _Compilation:
-    """A ranker's ``compile`` running on a thread; ``wait`` joins it and deals with a failure
-    once, whichever thread waits first."""
+    """A ranker's ``compile`` running on a thread; ``wait`` joins it. A failure is raised by
+    every ``wait`` (nothing scores with a predictor that was not asked for), or, with
+    ``fallback``, warned about once, whichever thread waits first."""
 
     def __init__(self, ranker: Ranker, cache_dir: Path | None, fallback: bool) -> None:
         self.ranker, self.fallback = ranker, fallback
@@ -394,12 +395,12 @@ class _Compilation:
 
     def wait(self) -> None:
         self.thread.join()
+        if self.error is not None and not self.fallback:
+            raise self.error
         with self.lock:
             error, self.error = self.error, None
         if error is None:
             return
-        if not self.fallback:
-            raise error
         warn(
             f"compiling the ranker with {self.ranker.compiler} failed ({error}); "
             f"{self.ranker.backend} scores instead"
