@@ -321,6 +321,32 @@ class TestKnownAnswers:
         assert items_of(out, 5) == items_of(out, 99) == TINY_POPULAR
         assert out.filter(pl.col(USER) == 4)[RANK].to_list() == [1, 2]
 
+    @pytest.mark.parametrize("k", [1, 10, 500])
+    def test_popularity_seen_filter_matches_brute_force(self, k: int) -> None:
+        # The global list with each user's seen items removed, cut at k, every user of the
+        # data and beyond it (cold users get the list as it is).
+        data = medium()
+        whole = fit(PopularitySource(filter_seen=False), data).generate([0], k=data.n_items)
+        ranking = list(zip(whole[ITEM].to_list(), whole[SCORE].to_list(), strict=True))
+        seen: dict[int, set[int]] = {}
+        for user, item in data.seen:
+            seen.setdefault(user, set()).add(item)
+        users = list(range(0, data.n_users + 5, 3))
+        source = fit(PopularitySource(), data)
+        out = source.generate(users, k)
+        expected = [
+            (user, item, score, rank)
+            for user in users
+            for rank, (item, score) in enumerate(
+                [(i, s) for i, s in ranking if i not in seen.get(user, set())][:k], start=1
+            )
+        ]
+        assert out.rows() == expected
+        assert out.schema == pl.Schema(CANDIDATE_SCHEMA)
+        # Batches of any size give the same rows.
+        halves = pl.concat([source.generate(users[:7], k), source.generate(users[7:], k)])
+        assert_frame_equal(halves, out)
+
     def test_popularity_falls_back_to_all_history_when_window_is_empty(self) -> None:
         # Nothing in the last 12 hours: count everything; items 1 and 4 tie at 1.0.
         out = fit(PopularitySource(window_days=0.5, filter_seen=False), tiny()).generate([5], 10)

@@ -22,6 +22,7 @@ from gbrank import columns as C
 from gbrank.cli import app
 from gbrank.config import load_config
 from gbrank.errors import ConfigError
+from gbrank.features import builders
 from gbrank.features.base import FeatureContext, FeatureSpec
 from gbrank.features.builders import FeatureBuilder, build_features, feature_columns
 from gbrank.features.families import similarity
@@ -498,6 +499,52 @@ def test_one_and_four_shards_give_identical_features() -> None:
     assert len(shards) > 1
     seen = [set(s[C.USER].unique().to_list()) for s in shards]
     assert all(a.isdisjoint(b) for k, a in enumerate(seen) for b in seen[k + 1 :])
+
+
+def _joined_rows(frame: pl.DataFrame, part: pl.DataFrame, keys: list[str]) -> list[Any]:
+    """The reference: a plain left join of the row numbers on the key columns."""
+    return (
+        frame.select(keys)
+        .join(part.select(keys).with_row_index("_row"), on=keys, how="left", maintain_order="left")
+        .get_column("_row")
+        .to_list()
+    )
+
+
+@pytest.mark.parametrize("layout", ["sorted", "shuffled", "nulls", "wide_codes", "text", "empty"])
+def test_part_rows_equal_a_left_join(layout: str) -> None:
+    # Every path of the key lookup (binary search on sorted packed keys, a join on packed
+    # keys, a plain join) finds the same row of the part as a left join does.
+    rng = np.random.default_rng(7)
+    n = 3_000
+    frame = pl.DataFrame(
+        {C.USER: rng.integers(0, 60, n), C.ITEM: rng.integers(0, 90, n)},
+        schema={C.USER: pl.Int32, C.ITEM: pl.Int32},
+    ).sort(C.USER, C.ITEM)
+    part = frame.unique().sample(fraction=0.6, seed=3)
+    extra = pl.DataFrame({C.USER: [70, 71], C.ITEM: [5, 6]}, schema=frame.schema)
+    part = pl.concat([part, extra])  # keys the frame does not hold
+    if layout == "sorted":
+        part = part.sort(C.USER, C.ITEM)
+    elif layout == "nulls":
+        frame = frame.with_columns(pl.when(pl.col(C.ITEM) == 4).then(None).otherwise(C.ITEM))
+        part = (
+            part.sort(C.USER, C.ITEM)
+            .with_columns(pl.when(pl.col(C.ITEM) == 5).then(None).otherwise(C.ITEM))
+            .unique(maintain_order=True)
+        )
+    elif layout == "wide_codes":  # beyond what two packed halves hold
+        frame = frame.with_columns(pl.col(C.USER).cast(pl.Int64) + 2**40)
+        part = part.sort(C.USER, C.ITEM).with_columns(pl.col(C.USER).cast(pl.Int64) + 2**40)
+    elif layout == "text":
+        frame = frame.with_columns(pl.col(C.ITEM).cast(pl.String))
+        part = part.with_columns(pl.col(C.ITEM).cast(pl.String))
+    elif layout == "empty":
+        part = part.clear()
+    keys = [C.USER, C.ITEM]
+    got = builders._part_rows(frame, part, keys).to_list()
+    assert got == _joined_rows(frame, part, keys)
+    assert any(r is None for r in got) and (layout == "empty" or any(r is not None for r in got))
 
 
 def test_shard_assignment_is_stable() -> None:

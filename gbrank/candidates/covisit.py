@@ -381,13 +381,15 @@ class CoVisitationSource(CandidateSource):
         """
         group, position = src[_GROUP].to_numpy(), src[_POSITION].to_numpy()
         d_group, d_position = dst[_GROUP].to_numpy(), dst[_POSITION].to_numpy()
-        lo = np.searchsorted(d_group, group, side="left")
-        hi = np.searchsorted(d_group, group, side="right")
+        # Each group's range of dst rows, found once per group and gathered per event: two
+        # binary searches over the groups instead of over every event.
+        n_groups = int(max(group.max(), d_group.max())) + 1
+        bounds = np.searchsorted(d_group, np.arange(n_groups + 1))
+        lo, hi = bounds[group], bounds[group + 1]
         if self.max_gap_hours is not None and self.max_gap_hours != math.inf:
             # One sorted key per event: group, then time. Keys of neighbouring groups may fall
             # inside a window, but the group range above cuts them off.
             unit, gap = 1, math.ceil(self.max_gap_hours * _MS_PER_HOUR)
-            n_groups = int(d_group.max()) + 1
             while n_groups * ((as_of_ms - first_ms) // unit + 1) >= 2**62:
                 unit *= 1000  # keep the key in int64 for very long histories: whole seconds
             stride = (as_of_ms - first_ms) // unit + 1
