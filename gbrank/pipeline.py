@@ -75,9 +75,14 @@ from gbrank.metrics import (
     ranking_metrics,
 )
 from gbrank.progress import steps
-from gbrank.rankers.base import Ranker, cap_groups, feature_matrix, query_groups
+from gbrank.rankers.base import (
+    Ranker,
+    cap_groups,
+    compiler_available,
+    feature_matrix,
+    query_groups,
+)
 from gbrank.rankers.blend import blend_names, heads_of, model_scores
-from gbrank.rankers.lightgbm import compiler_available
 from gbrank.rankers.sampling import (
     EVAL_USERS_SALT,
     TRAIN_USERS_SALT,

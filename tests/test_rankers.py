@@ -201,7 +201,7 @@ def test_a_compile_in_the_background_is_waited_for_and_its_failure_handled(
 def test_compile_without_lleaves_raises_import_error(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
-    from gbrank.rankers.lightgbm import compiler_available
+    from gbrank.rankers.base import compiler_available
 
     ranker = LightGBMRanker(num_boost_round=5, early_stopping_rounds=0)
     ranker.fit(ranking_frame(0, users=20), ["f1", "f2"], C.GRADE)
@@ -272,3 +272,21 @@ def test_eval_compile_cache_decides_whether_compiled_code_is_kept(
     )
     assert prepare_scoring(ranker, cfg, 10) == "lleaves"
     assert len(list((tmp_path / "compiled").glob("*.o"))) == (1 if cached else 0)
+
+
+def test_the_pipeline_imports_no_ranker_backend_until_one_is_used() -> None:
+    # generate and features (and a Dask worker building features) never train or score: they
+    # must not pay for importing LightGBM, XGBoost or what LightGBM pulls in (scikit-learn and
+    # pandas when installed).
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, gbrank.pipeline, gbrank.cli\n"
+        "print(sorted(m for m in ('lightgbm', 'xgboost', 'sklearn') if m in sys.modules))\n"
+        "from gbrank.rankers import make_ranker\n"
+        "make_ranker('lightgbm', 'rank')\n"
+        "print('lightgbm' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["[]", "True"]

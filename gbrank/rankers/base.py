@@ -69,6 +69,16 @@ def query_groups(frame: pl.DataFrame) -> Groups:
     return Groups(sizes, qid)
 
 
+def compiler_available() -> bool:
+    """Whether lleaves (which compiles LightGBM trees to native code) can be imported (here, not
+    beside the LightGBM ranker: asking must not import LightGBM)."""
+    try:
+        import lleaves  # noqa: F401
+    except Exception:  # an incompatible llvmlite fails on import too
+        return False
+    return True
+
+
 def feature_matrix(
     frame: pl.DataFrame, features: Sequence[str], *, widened: bool = False
 ) -> np.ndarray:

@@ -122,15 +122,6 @@ def _compile_cached(model: Any, text: str, cache_dir: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def compiler_available() -> bool:
-    """Whether lleaves (which compiles LightGBM trees to native code) can be imported."""
-    try:
-        import lleaves  # noqa: F401
-    except Exception:  # an incompatible llvmlite fails on import too
-        return False
-    return True
-
-
 #: Parameters gbrank sets itself: a sidecar's copy of them is not a user parameter.
 _OWN_PARAMS = (
     "objective",
