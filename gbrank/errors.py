@@ -93,9 +93,11 @@ class WorkspaceLockedError(GbrankError):
 
 
 class PromotionRefused(GbrankError):
-    """The new run scores worse than the current champion: it was not promoted."""
+    """The new run scores worse than the current champion: it was not promoted. ``result``
+    holds the complete run's result (set by the runner)."""
 
     exit_code = EXIT_PROMOTION_REFUSED
+    result: Any = None
 
 
 class NotFittedError(GbrankError):

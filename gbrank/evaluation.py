@@ -17,7 +17,7 @@ Everything lands in ``report/data.json``, which ``gbrank.report`` draws.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +34,13 @@ SCORE_SAMPLE = 100_000
 class CurveCounter:
     """Positives found by each source within its first N candidates, batch by batch."""
 
-    def __init__(self, sources: Sequence[str], targets: Sequence[str], budgets: Mapping[str, int]):
+    def __init__(self, sources: Iterable[str], targets: Iterable[str], budgets: Mapping[str, int]):
         self.sources, self.targets = list(sources), list(targets)
         self.depth = {s: max(int(budgets.get(s, 1)), 1) for s in self.sources}
         self.found = {
-            (s, t): np.zeros(self.depth[s] + 1, np.int64) for s in sources for t in targets
+            (s, t): np.zeros(self.depth[s] + 1, np.int64)
+            for s in self.sources
+            for t in self.targets
         }
 
     def add(self, frame: pl.DataFrame) -> None:

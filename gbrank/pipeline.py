@@ -1975,9 +1975,7 @@ def write_recommendations(
         empty = functools.partial(submission_rows, rec.empty(), fmt)
     with TableWriter(path) as writer:
         writer.write_all(batches, empty=empty)
-    rows = writer.rows
-    empty = pl.DataFrame()
-    return RecommendResult(empty, rec.n_users, rec.cold_raw.len(), rows, path)
+    return RecommendResult(pl.DataFrame(), rec.n_users, rec.cold_raw.len(), writer.rows, path)
 
 
 def _fill_to_k(

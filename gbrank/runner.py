@@ -160,7 +160,7 @@ def run_pipeline(cfg: Config, *, command: str = "run", gate: bool = True) -> Run
             f"run {run.id} was not promoted: {decision.reason}. `current` is still "
             f"{decision.champion_run}; promote it anyway with `gbrank runs promote {run.id}`"
         )
-        refused.result = result  # type: ignore[attr-defined]
+        refused.result = result
         raise refused
     return result
 

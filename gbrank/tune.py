@@ -454,7 +454,7 @@ def tune(cfg: Config, out: str | Path | None = None) -> TuneResult:
 
         def after(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
             complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-            best = max(complete, key=lambda t: t.value) if complete else None
+            best = max(complete, key=lambda t: float(t.value or 0.0)) if complete else None
             report(
                 "trial",
                 stage="tune",

@@ -117,7 +117,8 @@ class PopularitySource(CandidateSource):
             return targets.join(top, how="cross").sort(USER, RANK)
         # Fetch k + (items the user has seen) from the global list: after dropping the seen
         # ones at least k remain. The rows are bounded by users x k + the batch's seen pairs.
-        # In NumPy on sorted codes (binary searches, no hash joins): 5x faster than the joins.
+        # In NumPy on sorted codes (binary searches, no hash joins): 2.3x faster than the
+        # joins were (every user at 10M events: 1.2 s against 2.8 s).
         rank_item, rank_score, position_of, seen_user, seen_item = self._lookup
         n_ranked = rank_item.size
         lo = np.searchsorted(seen_user, users, side="left")
@@ -135,14 +136,14 @@ class PopularitySource(CandidateSource):
             row, position = row[keep], position[keep]
         per_row = np.bincount(row, minlength=users.size)
         rank = np.arange(1, row.size + 1) - np.repeat(np.cumsum(per_row) - per_row, per_row)
-        top = rank <= k
-        row, position = row[top], position[top]
+        within = rank <= k
+        row, position = row[within], position[within]
         return pl.DataFrame(
             {
                 USER: users[row].astype(np.int32),
                 ITEM: rank_item[position],
                 SCORE: rank_score[position],
-                RANK: rank[top].astype(np.int32),
+                RANK: rank[within].astype(np.int32),
             }
         )
 
