@@ -513,8 +513,8 @@ def _joined_rows(frame: pl.DataFrame, part: pl.DataFrame, keys: list[str]) -> li
 
 @pytest.mark.parametrize("layout", ["sorted", "shuffled", "nulls", "wide_codes", "text", "empty"])
 def test_part_rows_equal_a_left_join(layout: str) -> None:
-    # Every path of the key lookup (binary search on sorted packed keys, a join on packed
-    # keys, a plain join) finds the same row of the part as a left join does.
+    # Both paths of the key lookup (a join on packed keys; a plain join where the keys do not
+    # pack: codes beyond 31 bits, text) find the same row of the part as a two-column join.
     rng = np.random.default_rng(7)
     n = 3_000
     frame = pl.DataFrame(
