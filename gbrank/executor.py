@@ -157,6 +157,7 @@ THREAD_VARIABLES = (
 
 
 CONNECT_TIMEOUT = "20s"  # how long a client waits for an unreachable scheduler
+SETTLE_TIMEOUT = 120  # seconds a failed stage waits for its shards in flight before cleaning
 
 
 class DaskUnavailableError(ConfigError):
@@ -342,7 +343,14 @@ class DaskExecutor(LocalExecutor):
             while pending:
                 yield self._collect(*pending.popleft())
         finally:
-            for future, _, _ in pending:
+            # On a failure (or the caller stopping early) the shards still in flight are let
+            # finish first: a task that is already running cannot be cancelled on its worker
+            # and would write its result after the folder is gone. At most 2 x workers shards.
+            futures = [future for future, _, _ in pending]
+            if futures:
+                with self.client.as_current(), contextlib.suppress(TimeoutError):
+                    _require_dask().wait(futures, timeout=SETTLE_TIMEOUT)  # then clean up
+            for future in futures:
                 future.cancel()
             shutil.rmtree(folder, ignore_errors=True)
 
