@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import importlib
 import logging
 import os
 import shutil
@@ -99,6 +100,9 @@ class LocalExecutor:
     """Shards one after the other in this process: memory holds one shard at a time."""
 
     name = "local"
+    #: Whether :meth:`map_task` starts the shards before the caller reads a result (a
+    #: cluster) or runs each when it is asked for (this loop, which holds one at a time).
+    runs_ahead = False
 
     def share(self, frame: pl.DataFrame) -> Shared:
         """``frame``, readable by every task of the stage."""
@@ -106,6 +110,9 @@ class LocalExecutor:
 
     def release(self) -> None:
         """The end of a stage: shared frames and the workers' contexts are dropped."""
+
+    def warm(self, *modules: str) -> None:
+        """The workers import ``modules`` ahead of the first shard (here: they are imported)."""
 
     def map(self, stage: str, fn: Callable[[T], R], shards: Iterable[T]) -> Iterator[R]:
         """``fn(shard)`` for each shard, in order (lazily: the next shard starts when the
@@ -141,9 +148,7 @@ class LocalExecutor:
             if isinstance(fn, Task)
             else self.map(stage, fn, shards)
         )
-        with TableWriter(out, **options) as writer:
-            writer.write_all(frames, empty=empty)
-        return writer.rows
+        return write_table(out, frames, empty=empty, **options)
 
 
 #: The environment a worker needs before it imports Polars or a BLAS: Polars reads its thread
@@ -256,6 +261,14 @@ def read_staged(path: str | Path) -> pl.DataFrame:
     return pl.read_ipc(path)
 
 
+def warm(modules: tuple[str, ...]) -> int:
+    """On a worker: import ``modules`` before the first shard arrives (a worker process starts
+    with none of gbrank's modules; importing them takes a second or two)."""
+    for name in modules:
+        importlib.import_module(name)
+    return os.getpid()
+
+
 def run_shard(task: Task[Any, pl.DataFrame], shard: Any, out: str) -> dict[str, Any]:
     """On a worker: one shard of ``task``, its result written atomically to ``out``."""
     rows = read_staged(shard) if isinstance(shard, str) else shard
@@ -274,12 +287,15 @@ class DaskExecutor(LocalExecutor):
     the local loop."""
 
     name = "dask"
+    runs_ahead = True
 
     def __init__(self, client: Any, staging: str | Path, cluster: Any = None) -> None:
         self.client = client
         self.staging = Path(staging).absolute()
         self.cluster = cluster  # a LocalCluster this executor started (closed with it)
         self._shared: list[Path] = []
+        self._flights: list[_Flight] = []  # tasks whose shards are on the cluster
+        self._warming: list[Any] = []  # the workers' imports (held, not waited for)
 
     @classmethod
     def connect(
@@ -317,9 +333,23 @@ class DaskExecutor(LocalExecutor):
         return Shared(path=str(path))
 
     def release(self) -> None:
+        while self._flights:  # a stage that failed before it read every result
+            self._flights[-1].close()
         while self._shared:
             self._shared.pop().unlink(missing_ok=True)
         self.client.run(forget_contexts)
+
+    def warm(self, *modules: str) -> None:
+        """Each worker imports ``modules`` now, while this process prepares the stage's shards
+        (a task per worker, not waited for: the first shards queue behind it)."""
+        workers = list(self.client.scheduler_info(n_workers=-1)["workers"])
+        stamp = token()
+        self._warming = [
+            self.client.submit(
+                warm, modules, key=f"gbrank-warm-{stamp}-{i}", workers=[w], pure=False
+            )
+            for i, w in enumerate(workers)
+        ]
 
     @property
     def workers(self) -> int:
@@ -328,31 +358,18 @@ class DaskExecutor(LocalExecutor):
     def map_task(
         self, stage: str, task: Task[T, R], shards: Iterable[T], *, built: Any = None
     ) -> Iterator[R]:
-        """Each shard's result (a frame), in order. ``built`` (the context in this process)
-        is not used: the workers build their own."""
-        stamp = token()
-        folder = self.staging / f"{stage}-{stamp}"
-        folder.mkdir(parents=True, exist_ok=True)
-        window = 2 * self.workers
-        pending: deque[tuple[Any, Path, Path | None]] = deque()
+        """Each shard's result (a frame), in order. The first ``2 x workers`` shards are
+        submitted at once, before the caller asks for a result, so a stage can prepare its
+        next fold while the workers run this one (:attr:`runs_ahead`). ``built`` (the
+        context in this process) is not used: the workers build their own."""
+        flight = _Flight(self, stage, task, iter(shards))
+        self._flights.append(flight)
         try:
-            for i, shard in enumerate(shards):
-                pending.append(self._submit(stage, task, shard, folder, stamp, i))
-                if len(pending) >= window:
-                    yield self._collect(*pending.popleft())
-            while pending:
-                yield self._collect(*pending.popleft())
-        finally:
-            # On a failure (or the caller stopping early) the shards still in flight are let
-            # finish first: a task that is already running cannot be cancelled on its worker
-            # and would write its result after the folder is gone. At most 2 x workers shards.
-            futures = [future for future, _, _ in pending]
-            if futures:
-                with self.client.as_current(), contextlib.suppress(TimeoutError):
-                    _require_dask().wait(futures, timeout=SETTLE_TIMEOUT)  # then clean up
-            for future in futures:
-                future.cancel()
-            shutil.rmtree(folder, ignore_errors=True)
+            flight.fill()
+        except BaseException:
+            flight.close()
+            raise
+        return flight.results()
 
     def _submit(
         self, stage: str, task: Task[Any, Any], shard: Any, folder: Path, stamp: str, i: int
@@ -392,6 +409,61 @@ class DaskExecutor(LocalExecutor):
         return frame
 
 
+class _Flight:
+    """The shards of one task on the cluster: at most ``2 x workers`` in flight, their results
+    read back in shard order, the staging folder removed at the end (or on a failure)."""
+
+    def __init__(self, executor: DaskExecutor, stage: str, task: Task[Any, Any], shards: Any):
+        self.executor = executor
+        self.stage = stage
+        self.task = task
+        self.shards = enumerate(shards)
+        self.stamp = token()
+        self.folder = executor.staging / f"{stage}-{self.stamp}"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.window = 2 * executor.workers
+        self.pending: deque[tuple[Any, Path, Path | None]] = deque()
+        self.closed = False
+
+    def fill(self) -> None:
+        """Submit shards until the window is full or none is left."""
+        while len(self.pending) < self.window:
+            item = next(self.shards, None)
+            if item is None:
+                return
+            i, shard = item
+            self.pending.append(
+                self.executor._submit(self.stage, self.task, shard, self.folder, self.stamp, i)
+            )
+
+    def results(self) -> Iterator[Any]:
+        try:
+            while self.pending:
+                result = self.executor._collect(*self.pending.popleft())
+                self.fill()
+                yield result
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """On a failure (or the caller stopping early) the shards still in flight are let
+        finish first: a task that is already running cannot be cancelled on its worker and
+        would write its result after the folder is gone. At most 2 x workers shards."""
+        if self.closed:
+            return
+        self.closed = True
+        futures = [future for future, _, _ in self.pending]
+        if futures:
+            with self.executor.client.as_current(), contextlib.suppress(TimeoutError):
+                _require_dask().wait(futures, timeout=SETTLE_TIMEOUT)  # then clean up
+        for future in futures:
+            future.cancel()
+        self.pending.clear()
+        shutil.rmtree(self.folder, ignore_errors=True)
+        with contextlib.suppress(ValueError):
+            self.executor._flights.remove(self)
+
+
 _executors: dict[tuple[str, int, int, str], DaskExecutor] = {}
 
 
@@ -414,6 +486,21 @@ def close_executors() -> None:
         _, executor = _executors.popitem()
         with contextlib.suppress(Exception):  # a scheduler already gone
             executor.close()
+
+
+def write_table(
+    out: Path,
+    frames: Iterable[pl.DataFrame],
+    *,
+    empty: Callable[[], pl.DataFrame] | None = None,
+    **options: Any,
+) -> int:
+    """Every frame appended to ``out`` (.parquet or .csv) by a :class:`TableWriter`, renamed
+    into place after the last; ``empty`` makes the frame (schema) to write when there is none.
+    Returns the rows written."""
+    with TableWriter(out, **options) as writer:
+        writer.write_all(frames, empty=empty)
+    return writer.rows
 
 
 class TableWriter:

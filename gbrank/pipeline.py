@@ -63,7 +63,7 @@ from gbrank.evaluation import (
     interval_rows,
     oracle_lists,
 )
-from gbrank.executor import LocalExecutor, Shared, TableWriter, Task
+from gbrank.executor import LocalExecutor, Shared, TableWriter, Task, write_table
 from gbrank.features.builders import FeatureBuilder, feature_columns
 from gbrank.features.families.source import put_percentiles, sample_percentiles
 from gbrank.features.labels import attach_labels, build_labels, relevant_items
@@ -786,19 +786,23 @@ def features_shard(context: FoldFeatureContext, shard: pl.DataFrame) -> pl.DataF
 STAGING = ".staging"  # in the workspace: shard rows and results on their way to the workers
 
 
-def stage_executor(cfg: Config) -> LocalExecutor:
+def stage_executor(cfg: Config, warm: tuple[str, ...] = ()) -> LocalExecutor:
     """The executor of ``run.executor``: the local loop, or the process's Dask executor for
-    ``run.scheduler`` (a LocalCluster of ``run.workers`` when empty)."""
+    ``run.scheduler`` (a LocalCluster of ``run.workers`` when empty), whose workers start
+    importing the modules ``warm`` names."""
     if cfg.run.executor != "dask":
         return LocalExecutor()
     from gbrank.executor import dask_executor
 
-    return dask_executor(
+    executor = dask_executor(
         cfg.run.scheduler,
         cfg.run.workers,
         Path(cfg.run.workspace) / STAGING,
         cfg.run.worker_threads,
     )
+    if warm:
+        executor.warm(*warm)
+    return executor
 
 
 @locked("features")
@@ -818,49 +822,57 @@ def build_features(cfg: Config) -> FeaturesResult:
     for name in LABELLED_FOLDS:  # check every input before the first write
         verified.path(f"candidates/{name}.parquet")
         verified.path(f"labels/{name}.parquet")
-    executor = stage_executor(cfg)
+    executor = stage_executor(cfg, warm=("gbrank.pipeline", "gbrank.candidates.state"))
     run.begin_stage("features")
     rows: dict[str, int] = {}
     shards: dict[str, int] = {}
     names: list[str] = []
-    try:
-        for name in LABELLED_FOLDS:
-            cands = _read_parquet(verified, f"candidates/{name}.parquet")
-            labels = _read_parquet(verified, f"labels/{name}.parquet")
-            spec = sample_spec(cfg)
-            percentiles: pl.DataFrame | None = None
-            if name == "train":
-                # The ranker learns from a sample: features are built for it alone. What
-                # depends on the user's whole candidate list (score percentiles) is computed
-                # on it first.
-                graded = attach_labels(cands.select(C.USER, C.ITEM, cs.ends_with("_rank")), labels)
-                keys = sample_keys(graded, spec)
-                percentiles = sample_percentiles(cands, keys, list(cfg.candidates.sources))
-                cands = cands.join(keys, on=[C.USER, C.ITEM], how="semi", maintain_order="left")
-                del graded, keys
-            shards[name] = plan_shards(cands.height, cfg.features.shards, cfg.features.shard_rows)
-            shared = executor.share(percentiles) if percentiles is not None else None
-            context = FoldFeatures(cfg, str(run.path.absolute()), verified.records, name, shared)
-            task = Task(features_shard, context, label=f"{run.id}-{name}")
-            # On a cluster the workers build the fold's context; this process builds it only
-            # when no shard has a row, for the empty frame.
-            local = None
-            if executor.name == "local":
-                local = FoldFeatureContext(
-                    fold_builder(cfg, data(), verified, name), labels, percentiles
-                )
-            rows[name] = executor.run(
-                "features",
-                task,
-                split_shards(cands, shards[name]),
-                run.file(f"features/{name}.parquet"),
-                empty=functools.partial(_empty_features, local or context, cands.clear()),
-                built=local,
-                # Dictionary pages buy little on float features and cost half the time.
-                use_dictionary=False,
+
+    def start(name: str) -> Callable[[], int]:
+        """Fold ``name``'s shards, started; the returned call writes their results."""
+        cands = _read_parquet(verified, f"candidates/{name}.parquet")
+        labels = _read_parquet(verified, f"labels/{name}.parquet")
+        percentiles: pl.DataFrame | None = None
+        if name == "train":
+            # The ranker learns from a sample: features are built for it alone. What depends
+            # on the user's whole candidate list (score percentiles) is computed on it first.
+            graded = attach_labels(cands.select(C.USER, C.ITEM, cs.ends_with("_rank")), labels)
+            keys = sample_keys(graded, sample_spec(cfg))
+            percentiles = sample_percentiles(cands, keys, list(cfg.candidates.sources))
+            cands = cands.join(keys, on=[C.USER, C.ITEM], how="semi", maintain_order="left")
+            del graded, keys
+        shards[name] = plan_shards(cands.height, cfg.features.shards, cfg.features.shard_rows)
+        shared = executor.share(percentiles) if percentiles is not None else None
+        context = FoldFeatures(cfg, str(run.path.absolute()), verified.records, name, shared)
+        task = Task(features_shard, context, label=f"{run.id}-{name}")
+        # On a cluster the workers build the fold's context; this process builds it only
+        # when no shard has a row, for the empty frame.
+        local = None
+        if executor.name == "local":
+            local = FoldFeatureContext(
+                fold_builder(cfg, data(), verified, name), labels, percentiles
             )
-            written = pl.read_parquet_schema(run.file(f"features/{name}.parquet"))
-            names = feature_columns(pl.DataFrame(schema=written))
+        results = executor.map_task(
+            "features", task, split_shards(cands, shards[name]), built=local
+        )
+        empty = functools.partial(_empty_features, local or context, cands.clear())
+        out = run.file(f"features/{name}.parquet")
+        # Dictionary pages buy little on float features and cost half the time.
+        return functools.partial(write_table, out, results, empty=empty, use_dictionary=False)
+
+    try:
+        if executor.runs_ahead:
+            # On a cluster the eval fold's shards start first (they need no sample), the
+            # train fold's sample is drawn here while the workers build them, and its shard
+            # joins the queue: no worker waits for this process, nor for another's shard.
+            writes = {name: start(name) for name in ("eval", "train")}
+            for name, write in writes.items():
+                rows[name] = write()
+        else:
+            for name in LABELLED_FOLDS:  # one fold's candidates in memory at a time
+                rows[name] = start(name)()
+        written = pl.read_parquet_schema(run.file(f"features/{LABELLED_FOLDS[-1]}.parquet"))
+        names = feature_columns(pl.DataFrame(schema=written))
     finally:
         executor.release()
     run.record_stage(
@@ -1848,7 +1860,14 @@ class Recommender:
         """Frames of ``user_id, item_id, score, rank`` (raw ids), known users first; the
         batches are served by ``executor`` (default: ``run.executor``)."""
         batches = list(self.user_batches())
-        executor = executor or stage_executor(self.cfg)
+        executor = executor or stage_executor(
+            self.cfg,
+            warm=(
+                "gbrank.pipeline",
+                "gbrank.candidates",
+                f"gbrank.rankers.{self.cfg.train.backend}",
+            ),
+        )
         # A worker serves the same run: the one this process verified, named.
         pinned = copy.deepcopy(self.cfg)
         pinned.run.workspace = str(Path(self.run_dir).parent.parent)

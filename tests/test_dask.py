@@ -143,6 +143,71 @@ def test_a_task_run_twice_writes_the_same_bytes(tmp_path: Path) -> None:
     )
 
 
+@dataclass(frozen=True)
+class Marked:
+    """A toy context whose shards leave a file named after their first value in ``folder``."""
+
+    folder: str
+
+    @property
+    def key(self) -> str:
+        return f"marked:{self.folder}"
+
+    def build(self) -> str:
+        return self.folder
+
+
+def marking(folder: str, shard: pl.DataFrame) -> pl.DataFrame:
+    (Path(folder) / f"shard-{shard['x'][0]}").touch()
+    return shard
+
+
+def wait_for(paths: list[Path], seconds: float = 60) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not all(p.exists() for p in paths):
+        assert time.monotonic() < deadline, f"not written in {seconds} s: {paths}"
+        time.sleep(0.05)
+
+
+def test_the_first_window_starts_before_a_result_is_read(
+    dask_ex: DaskExecutor, tmp_path: Path
+) -> None:
+    """``runs_ahead``: the features stage prepares its next fold while the workers build the
+    shards it has submitted, so those must start at the call, not at the first read."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    window = 2 * dask_ex.workers
+    results = dask_ex.map_task("demo", Task(marking, Marked(str(marks))), SHARDS)
+    wait_for([marks / f"shard-{shard['x'][0]}" for shard in SHARDS[:window]])
+    assert not (marks / f"shard-{SHARDS[window]['x'][0]}").exists()  # no read, no more
+    assert [f["x"].to_list() for f in results] == [s["x"].to_list() for s in SHARDS]
+    assert len(list(marks.iterdir())) == len(SHARDS)
+    assert not list(dask_ex.staging.glob("demo-*"))
+    assert dask_ex.runs_ahead and not LocalExecutor().runs_ahead
+
+
+def test_release_settles_a_task_whose_results_were_never_read(
+    dask_ex: DaskExecutor, tmp_path: Path
+) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    dask_ex.map_task("demo", Task(marking, Marked(str(marks))), SHARDS[:3])
+    assert list(dask_ex.staging.glob("demo-*"))  # submitted: the shards are staged
+    dask_ex.release()
+    assert not list(dask_ex.staging.glob("demo-*"))
+    assert not dask_ex._flights
+
+
+def test_warm_imports_the_modules_on_every_worker(dask_ex: DaskExecutor) -> None:
+    dask_ex.warm("json", "gbrank.features")
+    pids = [f.result(timeout=60) for f in dask_ex._warming]
+    assert len(set(pids)) == dask_ex.workers and os.getpid() not in pids
+    loaded = dask_ex.client.run(lambda: "gbrank.features" in sys.modules)
+    assert all(loaded.values())
+
+
 def test_release_drops_the_workers_contexts_and_shared_frames(dask_ex: DaskExecutor) -> None:
     shared = dask_ex.share(pl.DataFrame({"p": [1.5]}))
     assert Path(shared.path).exists()
