@@ -192,16 +192,26 @@ def start_local_cluster(workers: int = 0, threads: int = 0) -> Any:
     time each, each given ``threads`` threads (0: its share of the cores; :func:`worker_env`)
     before it starts."""
     distributed = _require_dask()
+    import dask
+
     n = workers or _cores()
-    return distributed.LocalCluster(
-        n_workers=n,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=":0",  # any free port (the default 8787 may be taken)
-        env=worker_env(n, threads=threads),
-        silence_logs=logging.WARNING,  # the scheduler's INFO lines would mix into gbrank's
-    )
+    # Dask's nannies set MALLOC_TRIM_THRESHOLD_ in their workers, which also turns off glibc's
+    # adaptive mmap threshold: every large NumPy array is then mapped and zeroed afresh. Left
+    # unset, a recommend batch on one thread took 30.1 s and 7.1 s of system time instead of
+    # 33.6 s and 11.0 s (1.8M page faults instead of 4.5M; 10M events, 39.6k users).
+    with dask.config.set({f"{PRE_SPAWN}.MALLOC_TRIM_THRESHOLD_": None}):
+        return distributed.LocalCluster(
+            n_workers=n,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=":0",  # any free port (the default 8787 may be taken)
+            env=worker_env(n, threads=threads),
+            silence_logs=logging.WARNING,  # the scheduler's INFO lines would mix into gbrank's
+        )
+
+
+PRE_SPAWN = "distributed.nanny.pre-spawn-environ"  # what Dask's nannies set in their workers
 
 
 @contextlib.contextmanager
@@ -533,6 +543,11 @@ class TableWriter:
         else:
             import pyarrow.parquet as pq
 
+            if self.use_dictionary:
+                # Where a column's dictionary falls back to plain pages depends on the arrays'
+                # chunks: one chunk, so that a frame read back from staging (Arrow IPC, in
+                # record batches) writes the bytes the frame made in this process does.
+                frame = frame.rechunk()
             table = frame.to_arrow()
             if self._parquet is None:
                 self._parquet = pq.ParquetWriter(

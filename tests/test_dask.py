@@ -247,6 +247,22 @@ def test_local_cluster_workers_start_with_their_thread_settings(dask_ex: DaskExe
     assert set(seen.values()) == {(expected, int(expected))}  # Polars read it at import
 
 
+def malloc_trim() -> str | None:
+    return os.environ.get("MALLOC_TRIM_THRESHOLD_")
+
+
+def test_local_cluster_workers_keep_the_adaptive_malloc(
+    dask_ex: DaskExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dask's nannies would set MALLOC_TRIM_THRESHOLD_ (which freezes glibc's mmap threshold:
+    every large array mapped and zeroed afresh); gbrank's LocalCluster leaves it unset."""
+    import dask
+
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    assert dask.config.get(f"{ex.PRE_SPAWN}.MALLOC_TRIM_THRESHOLD_") is not None  # Dask's
+    assert set(dask_ex.client.run(malloc_trim).values()) == {None}
+
+
 def test_worker_threads_share_the_cores() -> None:
     assert ex.worker_env(2, cores=8)["POLARS_MAX_THREADS"] == "4"
     assert ex.worker_env(4, cores=2)["OMP_NUM_THREADS"] == "1"

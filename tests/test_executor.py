@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
+from gbrank.atomic import file_sha256
 from gbrank.errors import ConfigError
 from gbrank.executor import LocalExecutor, TableWriter
 
@@ -79,3 +81,25 @@ def test_later_shards_take_the_first_shards_types(tmp_path: Path) -> None:
 def test_unknown_suffix_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown output format '.json'"):
         TableWriter(tmp_path / "out.json")
+
+
+def test_a_frame_in_chunks_writes_the_bytes_of_the_frame_in_one(tmp_path: Path) -> None:
+    """A shard's result read back from staging comes in record batches; where a dictionary
+    column falls back to plain pages depends on the chunks, so the writer makes them one."""
+    rng = np.random.default_rng(0)
+    n = 800_000
+    frame = pl.DataFrame(
+        {
+            "user": np.repeat(np.arange(n // 20), 20),
+            "item": rng.integers(0, 2**31, n),
+            "score": rng.random(n),
+            "rank": np.tile(np.arange(1, 21, dtype=np.int32), n // 20),
+        }
+    )
+    parts = pl.concat([frame.slice(i, 1 << 17) for i in range(0, n, 1 << 17)], rechunk=False)
+    assert parts.n_chunks() > 1 and parts.equals(frame)
+    one, chunked = tmp_path / "one.parquet", tmp_path / "chunked.parquet"
+    for frames, out in (([frame], one), ([parts], chunked)):
+        with TableWriter(out) as writer:
+            writer.write_all(frames)
+    assert file_sha256(one) == file_sha256(chunked)

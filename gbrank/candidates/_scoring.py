@@ -396,8 +396,9 @@ class FactorModelSource(CandidateSource):
 
     def _generate(self, users: np.ndarray, k: int) -> pl.DataFrame:
         # Scoring runs no implicit threads, so the product may use every BLAS thread (1.3-1.5x
-        # faster on 2 cores). Each score is one dot product over the factors in the same order
-        # whatever the thread count or batch, so the lists do not change.
+        # faster on 2 cores). A score's last bits may depend on how many users the product
+        # holds (BLAS's kernels for the rows at a block's edge), so a near tie can order two
+        # items differently in another batch size; the same batches give the same lists.
         return factor_candidates(
             users,
             k,
