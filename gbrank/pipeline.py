@@ -63,7 +63,7 @@ from gbrank.evaluation import (
     interval_rows,
     oracle_lists,
 )
-from gbrank.executor import LocalExecutor, Shared, TableWriter, Task, write_table
+from gbrank.executor import LocalExecutor, Shared, Task, write_table
 from gbrank.features.builders import FeatureBuilder, feature_columns
 from gbrank.features.families.source import put_percentiles, sample_percentiles
 from gbrank.features.labels import attach_labels, build_labels, relevant_items
@@ -1995,9 +1995,8 @@ def write_recommendations(
     if fmt != "table":
         batches = (submission_rows(batch, fmt) for batch in batches)
         empty = functools.partial(submission_rows, rec.empty(), fmt)
-    with TableWriter(path) as writer:
-        writer.write_all(batches, empty=empty)
-    return RecommendResult(pl.DataFrame(), rec.n_users, rec.cold_raw.len(), writer.rows, path)
+    rows = write_table(path, batches, empty=empty)
+    return RecommendResult(pl.DataFrame(), rec.n_users, rec.cold_raw.len(), rows, path)
 
 
 def _fill_to_k(
