@@ -382,3 +382,69 @@ def test_xgboost_max_bin_reaches_the_quantile_matrices() -> None:
     coarse = scores({"max_bin": 4})
     assert not np.allclose(coarse, scores({}))
     np.testing.assert_array_equal(coarse, scores({"max_bin": 4}))
+
+
+def test_quantile_cuts_and_snap_keep_every_split_of_the_raw_values() -> None:
+    """Cut points of a column with ties, missing values, negatives and a heavy tail: at most
+    max_bin - 1 above its minimum, the last its maximum; snapped, the column has at most
+    max_bin distinct values, and every split at a cut sends each raw value the way it sends
+    the value it was snapped to (what lets the model score raw features)."""
+    from gbrank.rankers.xgboost import quantile_cuts, snap
+
+    rng = np.random.default_rng(4)
+    n = 20_000
+    x = np.column_stack(
+        [
+            rng.lognormal(3, 2, n),  # heavy tail
+            rng.integers(-5, 5, n),  # few distinct values, ties
+            np.where(rng.random(n) < 0.3, np.nan, rng.normal(size=n)),
+            np.full(n, 7.0),  # constant
+            np.full(n, np.nan),  # never present
+        ]
+    ).astype(np.float32)
+    for max_bin in (4, 64, 256):
+        cuts = quantile_cuts(x, max_bin)
+        snapped = snap(x, cuts)
+        assert snapped.dtype == np.float32
+        np.testing.assert_array_equal(np.isnan(snapped), np.isnan(x))
+        for j, c in enumerate(cuts):
+            present = x[~np.isnan(x[:, j]), j]
+            assert c.size <= max_bin - 1 and np.all(np.diff(c) > 0)
+            if present.size:
+                assert np.all(c > present.min())
+            assert np.unique(snapped[~np.isnan(snapped[:, j]), j]).size <= max_bin
+            for cut in c:
+                np.testing.assert_array_equal(x[:, j] < cut, snapped[:, j] < cut)
+        assert cuts[0][-1] == x[:, 0].max()
+        assert cuts[3].size == 0 and cuts[4].size == 0
+    # Fewer distinct values than bins: every value but the smallest is a cut.
+    np.testing.assert_array_equal(quantile_cuts(x, 256)[1], np.arange(-4, 5, dtype=np.float32))
+
+
+def test_xgboost_trees_split_at_the_cuts_of_hashed_users() -> None:
+    """The XGBoost backend learns from features snapped to the cuts of a hashed sample of
+    users: its scores on raw rows equal its scores on the snapped rows (every threshold is a
+    cut), the sample is whole users, and the cuts do not depend on the rows' order."""
+    from gbrank.rankers import xgboost as xgb_backend
+
+    ranker = xgb_backend.XGBoostRanker(
+        "rank:ndcg", num_boost_round=30, early_stopping_rounds=5, label_gain=GAINS
+    )
+    train, valid = frame(0, users=400), frame(1)
+    ranker.fit(train, ["f1", "f2"], C.GRADE, valid=valid)
+    cuts = ranker.cuts(train)
+    for rows in (train, valid):
+        x = rows.select("f1", "f2").to_numpy().astype(np.float32)
+        raw = ranker.booster_.inplace_predict(x)
+        np.testing.assert_array_equal(
+            raw, ranker.booster_.inplace_predict(xgb_backend.snap(x, cuts))
+        )
+    shuffled = train.sample(fraction=1.0, shuffle=True, seed=3)
+    for a, b in zip(cuts, ranker.cuts(shuffled), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # A small share of the rows, all rows of the users it picks.
+    users = train[C.USER].to_numpy()
+    picked = xgb_backend.cut_rows(users, 0.25, ranker.seed)
+    assert 0.1 < picked.mean() < 0.4
+    chosen = np.unique(users[picked])
+    np.testing.assert_array_equal(picked, np.isin(users, chosen))

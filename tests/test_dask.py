@@ -574,15 +574,13 @@ def scattered(
 
 
 @pytest.mark.parametrize("objective", ["rank:ndcg", "binary:logistic"])
-def test_xgboost_on_dask_is_the_local_model_when_the_bins_agree(
-    dask_ex: DaskExecutor, objective: str
-) -> None:
+def test_xgboost_on_dask_is_the_local_model(dask_ex: DaskExecutor, objective: str) -> None:
     """xgboost.dask on two workers, four partitions (two per worker, so each worker's query
-    ids run over two partitions), against XGBoostRanker.fit on the same rows: with features
-    of few distinct values the quantile cuts are exact on both sides, the summed histograms
-    are the single machine's, and so the trees, the early-stopping round and the scores
-    agree to float precision (with many distinct values the distributed sketch bins them a
-    little differently: see the shop test below)."""
+    ids run over two partitions), against XGBoostRanker.fit on the same rows: both snap the
+    features to the cuts of the same hashed users, so XGBoost bins them alike on one machine
+    and on two (its merged sketches alone would not), the summed histograms are the single
+    machine's, and the trees, the early-stopping round and the scores agree to float
+    precision."""
     from gbrank.rankers import dask as on_dask
     from gbrank.rankers.xgboost import XGBoostRanker
 
@@ -590,14 +588,18 @@ def test_xgboost_on_dask_is_the_local_model_when_the_bins_agree(
     xv, yv, sv = ranking_problem(1, groups=300)
     if objective == "binary:logistic":
         y, yv = (y > 0).astype(np.float64), (yv > 0).astype(np.float64)
-    train = as_frame(np.round(x, 1), y, sizes, 0)
-    valid = as_frame(np.round(xv, 1), yv, sv, 10_000)
+    train = as_frame(x, y, sizes, 0)
+    valid = as_frame(xv, yv, sv, 10_000)
     features = [f"f{j}" for j in range(x.shape[1])]
     gains = [0.0, 1.0, 3.0, 7.0] if objective == "rank:ndcg" else None
 
     def ranker() -> XGBoostRanker:
         return XGBoostRanker(
-            objective, num_boost_round=80, early_stopping_rounds=8, label_gain=gains
+            objective,
+            params={"max_depth": 3},  # early stopping keeps 25 (ranks) and 14 (binary) trees
+            num_boost_round=80,
+            early_stopping_rounds=8,
+            label_gain=gains,
         )
 
     local = ranker().fit(train, features, "grade", valid=valid)
@@ -624,10 +626,9 @@ def test_xgboost_dask_engine_on_the_shop(
     trained_shop: tuple[Path, Path], dask_cluster: str
 ) -> None:
     """``train.backend = "xgboost"`` with ``train.engine = "dask"`` through the train stage:
-    on one worker the local model itself (the same trees and scores); on two, the distributed
-    quantile sketch bins the features a little differently and purchase NDCG@10 stays within
-    0.01 of the local model's (measured 0.0065 below it on this shop, 0.004 to 0.007 on a
-    4,000-user one)."""
+    on one worker the local model itself (the same trees and scores); on two, purchase
+    NDCG@10 within 0.003 of the local model's (measured equal on this shop, where XGBoost's
+    own distributed sketch put it 0.0065 below)."""
     xgb = ['train.backend="xgboost"']
     local_cfg = engine_config(trained_shop, *xgb)
     local_result = pipeline.train(local_cfg)
@@ -640,4 +641,4 @@ def test_xgboost_dask_engine_on_the_shop(
     assert one_result.heads == local_result.heads
     assert one_result.train_rows == local_result.train_rows
     np.testing.assert_allclose(purchase_ndcg(one), local, atol=1e-6)
-    assert_trained_near(trained_shop, dask_cluster, local, *xgb, tolerance=0.01)
+    assert_trained_near(trained_shop, dask_cluster, local, *xgb, tolerance=0.003)

@@ -13,7 +13,10 @@ two halves of one query). :func:`fit` trains on them:
   validation users' partitions scored on the workers tree by tree (NDCG at the first
   ``eval_at``, as LightGBM computes it, or log loss), and the model is cut there.
 - XGBoost with its own early stopping on the validation partitions, whose metric XGBoost sums
-  across workers. The partitions are passed as they are (what ``DaskXGBRanker`` calls
+  across workers. The features are snapped to cut points taken from the rows of hashed users
+  (:func:`gbrank.rankers.xgboost.quantile_cuts`: the rows each worker holds of them are
+  gathered, about 200,000 in all), as the local backend does, so the trees are one machine's
+  (XGBoost's own distributed sketch would bin them a little differently). The partitions are passed as they are (what ``DaskXGBRanker`` calls
   ``allow_group_split=True``: no repartitioning), which is safe because they hold whole users;
   query ids increase along the partitions, so each worker's rows are in query order.
 
@@ -33,7 +36,14 @@ import numpy as np
 from gbrank.errors import ConfigError, DataError
 from gbrank.rankers.base import Ranker
 from gbrank.rankers.lightgbm import LightGBMRanker
-from gbrank.rankers.xgboost import XGBoostRanker
+from gbrank.rankers.xgboost import (
+    DEFAULT_MAX_BIN,
+    XGBoostRanker,
+    cut_fraction,
+    cut_rows,
+    quantile_cuts,
+    snap,
+)
 
 #: (features float32 [rows x n], labels, group sizes, users): one partition, on a worker.
 Partition = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
@@ -223,6 +233,28 @@ def _fit_lightgbm(
     ranker.compiled_ = None
 
 
+def _cut_sample(part: Partition, fraction: float, seed: int) -> np.ndarray:
+    """On a worker: the rows of a partition that give the cut points."""
+    x, _, sizes, users = part
+    return x[np.repeat(cut_rows(users, fraction, seed), sizes)]
+
+
+def _snapped(part: Partition, cuts: list[np.ndarray]) -> Partition:
+    """On a worker: a partition with its features snapped to ``cuts``."""
+    x, y, sizes, users = part
+    return snap(x, cuts), y, sizes, users
+
+
+def _xgb_cuts(ranker: XGBoostRanker, client: Any, layout: Layout) -> list[np.ndarray]:
+    """The cut points of the features, from the rows the local backend takes them from."""
+    fraction = cut_fraction(sum(layout.rows))
+    samples = client.gather(
+        [client.submit(_cut_sample, p, fraction, ranker.seed, pure=False) for p in layout.parts]
+    )
+    sample = np.concatenate(samples) if samples else np.empty((0, len(ranker.features_)))
+    return quantile_cuts(sample.astype(np.float32), ranker.max_bin() or DEFAULT_MAX_BIN)
+
+
 def _xgb_labels(part: Partition, gains: np.ndarray | None) -> np.ndarray:
     """A partition's labels as XGBoost learns them: the grade's gain (rank objectives, as the
     local backend), or the 0/1 label."""
@@ -274,6 +306,11 @@ def _fit_xgboost(
     params = ranker._xgb_params()
     # Each worker trains on its Dask threads (run.workers' share of the cores).
     params.pop("nthread", None)
+    cuts = _xgb_cuts(ranker, client, layout)
+    # Partitions with snapped features, beside the raw ones (Dask runs each where its raw
+    # one is; where a worker's rows are does not change the summed histograms).
+    snapped = [client.submit(_snapped, p, cuts, pure=False) for p in layout.parts]
+    layout = Layout(snapped, layout.rows, layout.positives, layout.groups)
     with client.as_current():  # xgboost.dask looks the client up as the default one
         dtrain = _xgb_matrix(ranker, client, layout)
         evals = []
