@@ -100,6 +100,24 @@ def speed_probe() -> float:
     return round(best, 2)
 
 
+def memory_probe() -> float:
+    """Seconds to gather 16M float64 values at random places of a 256 MB array, the best of
+    3: the speed of memory at the moment. The arithmetic probe above can read quiet while the
+    memory-bound stages (generate, features, recommend: Polars joins and sorts, sparse
+    products) run slower than on another day."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    values = rng.random(1 << 25)
+    index = rng.integers(0, values.size, 1 << 24)
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        values[index].sum()
+        best = min(best, time.perf_counter() - t0)
+    return round(best, 2)
+
+
 def synth_shop(events: str, shop: Path, seed: int) -> dict[str, float]:
     """``gbrank data synth`` for the shop of ``events`` (a key of SHOPS) into ``shop``."""
     users, items, days = SHOPS[events]
@@ -141,13 +159,14 @@ def main() -> None:
     }
     overrides = [f'run.executor="{args.executor}"', f"run.workers={args.workers}", *args.set]
     extra = [x for o in overrides for x in ("--set", o)]
-    probes = [speed_probe()]
+    probes, memory = [speed_probe()], [memory_probe()]
     for name, cmd in stages.items():
         if name in args.skip:
             continue
         rows[name] = run_stage([*gbrank, *cmd, "-c", str(config), *extra])
         print(f"{name:<10} {rows[name]}", file=sys.stderr, flush=True)
     probes.append(speed_probe())
+    memory.append(memory_probe())
     pipeline = [r for n, r in rows.items() if n != "synth"]
     total = {
         "wall_s": round(sum(r["wall_s"] for r in pipeline), 1),
@@ -160,6 +179,7 @@ def main() -> None:
         f"({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
     )
     print(f"speed probe {probes[0]} s before, {probes[1]} s after (1.8 s on a quiet machine)")
+    print(f"memory probe {memory[0]} s before, {memory[1]} s after")
     print(f"executor {args.executor}" + (f", {args.workers} workers" if args.workers else ""))
     print(f"{'stage':<10} {'wall':>9} {'cpu':>9} {'peak RSS':>10} {'tree RSS':>10}")
     for name, r in [*rows.items(), ("pipeline", total)]:
@@ -177,6 +197,7 @@ def main() -> None:
                 "stages": rows,
                 "pipeline": total,
                 "speed_probe_s": probes,
+                "memory_probe_s": memory,
             }
         )
     )

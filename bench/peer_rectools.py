@@ -2,7 +2,8 @@
 
 RecTools runs in a virtual environment of its own (made under ``--workdir`` on first use:
 ``rectools[lightgbm]``, lightgbm, scikit-learn, pyarrow; never a gbrank dependency). Three
-pipelines see the same synthetic shop and the same protocol:
+pipelines see the same synthetic shop and the same protocol, gbrank's two each measured twice
+(below):
 
 - **RecTools**: ALS (48 factors, 12 iterations), item-kNN cosine (100 neighbours) and
   popularity, 50 candidates each; 5 negatives per user; LightGBM lambdarank, 200 trees
@@ -17,10 +18,13 @@ last 7 days are the eval window) and ranks 10 items for each user with an event 
 window. NDCG@10 is computed by one function (``gbrank.metrics.ranking_metrics``) against one
 ground truth (gbrank's eval labels), per target. Wall time and peak RSS cover fitting and
 recommending: for gbrank the generate, features, train and eval stages, each its own process
-(generate also fits the serving sources, train also fits the serving model); for RecTools one
-process that loads the events, fits and recommends.
+(generate also fits the serving sources, train also fits the serving model), and again as one
+``gbrank run`` process (the same four stages, as cron runs them); for RecTools one process that
+loads the events, fits and recommends. Every gbrank pipeline starts from an empty workspace, so
+nothing is reused from an earlier run.
 
     python bench/peer_rectools.py                  # the 1M-event shop
+    python bench/peer_rectools.py --repeat 3       # medians of three runs of each
     python bench/peer_rectools.py --events 10M --workdir /tmp/peer10m
 """
 
@@ -28,9 +32,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -143,24 +148,36 @@ def rectools_python(venv: Path) -> Path:
     return python
 
 
-def gbrank_run(root: Path, shop: Path, name: str, extra: str) -> tuple[dict, Path]:
-    """generate, features, train, eval with one config; wall and CPU summed, RSS the peak."""
+def gbrank_run(
+    root: Path, shop: Path, name: str, extra: str, one_process: bool = False
+) -> tuple[dict, Path]:
+    """generate, features, train, eval with one config, from an empty workspace: each stage its
+    own process (wall and CPU summed, RSS the peak), or all four in one ``gbrank run``."""
+    workspace = root / f"ws-{name}"
+    shutil.rmtree(workspace, ignore_errors=True)
     config = root / f"{name}.toml"
     config.write_text(
         f'[data]\nevents = "{shop / "events.parquet"}"\nitems = "{shop / "items.parquet"}"\n'
-        f'users = "{shop / "users.parquet"}"\n[run]\nworkspace = "{root / "ws"}"\n'
+        f'users = "{shop / "users.parquet"}"\n[run]\nworkspace = "{workspace}"\n'
         f'run_id = "{name}"\n{extra}'
     )
     gbrank = [sys.executable, "-m", "gbrank.cli"]
-    stages = [
-        run_stage([*gbrank, stage, "-c", str(config)])
-        for stage in ("generate", "features", "train", "eval")
-    ]
+    commands = ["run"] if one_process else ["generate", "features", "train", "eval"]
+    stages = [run_stage([*gbrank, command, "-c", str(config)]) for command in commands]
     total = {
         "wall_s": round(sum(s["wall_s"] for s in stages), 1),
         "rss_mb": max(s["rss_mb"] for s in stages),
     }
-    return total, root / "ws" / "runs" / name
+    return total, workspace / "runs" / name
+
+
+def median_cost(costs: list[dict]) -> dict[str, float]:
+    """The median wall time and peak RSS of repeated runs, and every run's wall time."""
+    return {
+        "wall_s": statistics.median(c["wall_s"] for c in costs),
+        "rss_mb": statistics.median(c["rss_mb"] for c in costs),
+        "walls_s": [c["wall_s"] for c in costs],
+    }
 
 
 def gbrank_ndcg(run: Path) -> dict[str, float]:
@@ -202,6 +219,9 @@ def main() -> None:
     parser.add_argument("--events", choices=sorted(SHOPS), default="1M")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/gbrank_peer_rectools"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs of each pipeline; the table gives medians"
+    )
     args = parser.parse_args()
     root = args.workdir / args.events
     root.mkdir(parents=True, exist_ok=True)
@@ -210,12 +230,21 @@ def main() -> None:
         synth_shop(args.events, shop, args.seed)
     python = rectools_python(args.workdir / "rectools-venv")
     rows: dict[str, dict] = {}
-    cost, same_run = gbrank_run(root, shop, "same_budget", SAME_BUDGET)
-    rows["gbrank, same budget"] = {**cost, "ndcg10": gbrank_ndcg(same_run)}
-    print(f"gbrank, same budget: {rows['gbrank, same budget']}", file=sys.stderr, flush=True)
-    cost, default_run = gbrank_run(root, shop, "defaults", "")
-    rows["gbrank, defaults"] = {**cost, "ndcg10": gbrank_ndcg(default_run)}
-    print(f"gbrank, defaults: {rows['gbrank, defaults']}", file=sys.stderr, flush=True)
+    pipelines = {  # row -> (run name, config, one process)
+        "gbrank, same budget": ("same_budget", SAME_BUDGET, False),
+        "gbrank run, same budget": ("same_budget_run", SAME_BUDGET, True),
+        "gbrank, defaults": ("defaults", "", False),
+        "gbrank run, defaults": ("defaults_run", "", True),
+    }
+    runs = {}
+    for row, (name, extra, one_process) in pipelines.items():
+        costs = []
+        for _ in range(args.repeat):
+            cost, runs[name] = gbrank_run(root, shop, name, extra, one_process)
+            costs.append(cost)
+            print(f"{row}: {cost}", file=sys.stderr, flush=True)
+        rows[row] = {**median_cost(costs), "ndcg10": gbrank_ndcg(runs[name])}
+    same_run = runs["same_budget"]
 
     # RecTools: the same eval fold, the same users, gbrank's labels as the ground truth.
     import polars as pl
@@ -232,21 +261,13 @@ def main() -> None:
     script = root / "rectools_run.py"
     script.write_text(RECTOOLS_SCRIPT)
     recs_path = root / "rectools_recs.parquet"
-    t0 = time.perf_counter()
-    cost = run_stage(
-        [
-            str(python),
-            str(script),
-            str(shop / "events.parquet"),
-            folds["eval"]["as_of"],
-            str(users_path),
-            str(recs_path),
-        ]
-    )
-    print(f"rectools: {cost} ({time.perf_counter() - t0:.0f}s)", file=sys.stderr, flush=True)
+    command = [str(python), str(script), str(shop / "events.parquet"), folds["eval"]["as_of"]]
+    costs = []
+    for _ in range(args.repeat):
+        costs.append(run_stage([*command, str(users_path), str(recs_path)]))
+        print(f"rectools: {costs[-1]}", file=sys.stderr, flush=True)
     rows["RecTools CandidateRankingModel"] = {
-        "wall_s": cost["wall_s"],
-        "rss_mb": cost["rss_mb"],
+        **median_cost(costs),
         "ndcg10": rectools_ndcg(recs_path, same_run),
     }
 
@@ -254,7 +275,8 @@ def main() -> None:
     n_events = pl.scan_parquet(shop / "events.parquet").select(pl.len()).collect().item()
     print(
         f"\n{n_events:,} events ({users:,} users x {items:,} items x {days} days), eval "
-        f"window from {folds['eval']['as_of']}; NDCG@10 on the eval fold"
+        f"window from {folds['eval']['as_of']}; NDCG@10 on the eval fold; wall and peak RSS: "
+        f"medians of {args.repeat} run(s)"
     )
     head = f"{'pipeline':<32} {'wall':>8} {'peak RSS':>10}" + "".join(f" {t:>9}" for t in TARGETS)
     print(head)

@@ -371,8 +371,13 @@ def data_import(
 @config_app.command("show")
 @handle_errors
 def config_show(config: ConfigOpt = None, set_: SetOpt = None) -> None:
-    """Print the resolved configuration (file, then overrides, then defaults) as TOML."""
-    _echo(dump_toml(resolve_config(config, set_)))
+    """Print the resolved configuration (file, then overrides, then defaults) as TOML, once
+    it is checked whole (the ranker backend's parameters included)."""
+    from gbrank.config import check_ranker_params
+
+    cfg = resolve_config(config, set_)
+    check_ranker_params(cfg)
+    _echo(dump_toml(cfg))
 
 
 # --------------------------------------------------------------------------- stages

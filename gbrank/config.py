@@ -589,7 +589,9 @@ def validate(cfg: Config) -> Config:
     _check_sources(cfg)
     if not 1 <= cfg.train.max_group_rows <= 10_000:
         raise ConfigError("train.max_group_rows must be in 1..10000 (LightGBM's query limit)")
-    check_ranker_params(cfg)
+    # The backend's parameters are checked where a model is trained (check_ranker_params):
+    # importing LightGBM (and the scikit-learn and pandas it loads when installed) costs
+    # 1.4 s, which every command and stage that trains nothing would pay.
     _check_heads(cfg)
     _check_promote(cfg)
     _check_tune(cfg)
@@ -677,7 +679,9 @@ def _check_heads(cfg: Config) -> None:
 
 
 def check_ranker_params(cfg: Config) -> None:
-    """The configured backend's objective and parameters, checked before any data is read."""
+    """The configured backend's objective and parameters (a one-round fit on a tiny frame),
+    checked before any data is read by what trains a model: ``gbrank run`` and ``quickstart``
+    before their first stage, ``train``, ``tune``, and ``gbrank config show``."""
     from gbrank.rankers import DEFAULT_OBJECTIVES, backend_class
 
     cls = backend_class(cfg.train.backend)

@@ -42,7 +42,7 @@ from typing import Any
 import polars as pl
 
 from gbrank import pipeline
-from gbrank.config import Config, load_config
+from gbrank.config import Config, check_ranker_params, load_config
 from gbrank.errors import (
     ConfigError,
     DamagedArtifactError,
@@ -123,6 +123,7 @@ def run_pipeline(cfg: Config, *, command: str = "run", gate: bool = True) -> Run
     complete all the same. ``gate=False`` skips the gate (``current`` is left alone).
     """
     t0 = time.perf_counter()
+    check_ranker_params(cfg)  # a bad train.params fails before generate, not after it
     workspace = Path(cfg.run.workspace)
     with WorkspaceLock(workspace, command) as lock:
         if lock.recovered:

@@ -53,7 +53,7 @@ import polars as pl
 from gbrank import columns as C
 from gbrank import pipeline
 from gbrank.atomic import atomic_path, atomic_write_json, atomic_write_text
-from gbrank.config import Config, dump_toml
+from gbrank.config import Config, check_ranker_params, dump_toml
 from gbrank.errors import ConfigError, DataError, warn
 from gbrank.progress import report
 from gbrank.rankers.base import Ranker
@@ -398,6 +398,7 @@ def tune(cfg: Config, out: str | Path | None = None) -> TuneResult:
     import optuna
 
     t0 = time.perf_counter()
+    check_ranker_params(cfg)
     name, url = study_name(cfg), storage_url(cfg)
     folder = Path(cfg.run.workspace) / TUNE_DIR / name
     with WorkspaceLock(cfg.run.workspace, "tune"):

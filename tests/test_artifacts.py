@@ -334,20 +334,49 @@ def test_recommend_usage_errors(project: Path) -> None:
 @pytest.mark.parametrize(
     ("override", "phrase"),
     [
-        ("train.params.learning_rate=-1", "Check failed: (learning_rate) > (0.0)"),
-        ("train.params.num_leavs=15", "did you mean 'num_leaves'"),
         ("candidates.sources.history.kind='histroy'", "did you mean 'history'"),
         ("candidates.sources.covisit.max_gap_hour=3", "did you mean 'max_gap_hours'"),
     ],
 )
 def test_config_errors_before_any_stage(tmp_path: Path, override: str, phrase: str) -> None:
-    """Guards: invalid train.params gave a LightGBM traceback after training had started, and a
-    source typo was caught only after the data was loaded, leaving half a run folder."""
-    with pytest.raises(ConfigError, match=phrase.replace("(", r"\(").replace(")", r"\)")):
+    """Guards: a source typo was caught only after the data was loaded, leaving half a run
+    folder."""
+    with pytest.raises(ConfigError, match=phrase):
         load_config(None, [override])
     result = runner.invoke(app, ["generate", "-w", str(tmp_path / "ws"), "--set", override])
     assert result.exit_code == EXIT_USAGE and phrase in result.output
     assert not (tmp_path / "ws").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "phrase"),
+    [
+        ("train.params.learning_rate=-1", "Check failed: (learning_rate) > (0.0)"),
+        ("train.params.num_leavs=15", "did you mean 'num_leaves'"),
+    ],
+)
+def test_ranker_param_errors_before_anything_trains_or_runs(
+    shops: dict[str, Path], tmp_path: Path, override: str, phrase: str
+) -> None:
+    """Guards: invalid train.params gave a LightGBM traceback after training had started. The
+    backend's parameters are checked by what trains (not by every config load, which would
+    import LightGBM for commands that train nothing): `run` before its first stage, `train`
+    before it reads anything, and `config show`."""
+    from gbrank.config import check_ranker_params
+
+    cfg = load_config(None, [override])  # loading alone imports no backend
+    with pytest.raises(ConfigError, match=phrase.replace("(", r"\(").replace(")", r"\)")):
+        check_ranker_params(cfg)
+    result = runner.invoke(app, ["config", "show", "--set", override])
+    assert result.exit_code == EXIT_USAGE and phrase in result.output
+    events = f'data.events="{shops["a"] / "events.parquet"}"'
+    for command in ("run", "train"):
+        workspace = tmp_path / command
+        result = runner.invoke(
+            app, [command, "-w", str(workspace), "--set", events, "--set", override]
+        )
+        assert result.exit_code == EXIT_USAGE and phrase in result.output, command
+        assert not (workspace / "runs").exists(), command
 
 
 def test_help_short_flag_and_flags_without_a_type() -> None:

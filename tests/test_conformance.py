@@ -280,11 +280,11 @@ def test_blend_scores_against_a_per_user_loop() -> None:
 def test_bad_head_blend_and_backend_settings_are_config_errors(
     overrides: list[str], message: str
 ) -> None:
-    from gbrank.config import load_config
+    from gbrank.config import check_ranker_params, load_config
     from gbrank.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=message):
-        load_config(None, overrides)
+    with pytest.raises(ConfigError, match=message):  # the backend's, where a model is trained
+        check_ranker_params(load_config(None, overrides))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -275,14 +275,16 @@ def test_eval_compile_cache_decides_whether_compiled_code_is_kept(
 
 
 def test_the_pipeline_imports_no_ranker_backend_until_one_is_used() -> None:
-    # generate and features (and a Dask worker building features) never train or score: they
-    # must not pay for importing LightGBM, XGBoost or what LightGBM pulls in (scikit-learn and
-    # pandas when installed).
+    # generate and features (and a Dask worker building features) never train or score, and
+    # loading a config checks no backend: they must not pay for importing LightGBM, XGBoost or
+    # what LightGBM pulls in (scikit-learn and pandas when installed).
     import subprocess
     import sys
 
     code = (
         "import sys, gbrank.pipeline, gbrank.cli\n"
+        "from gbrank.config import load_config\n"
+        "load_config(None, ['train.backend=\"xgboost\"'])\n"  # a whole config, checked
         "print(sorted(m for m in ('lightgbm', 'xgboost', 'sklearn') if m in sys.modules))\n"
         "from gbrank.rankers import make_ranker\n"
         "make_ranker('lightgbm', 'rank')\n"
