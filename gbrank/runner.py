@@ -144,8 +144,6 @@ def run_pipeline(cfg: Config, *, command: str = "run", gate: bool = True) -> Run
             started = time.perf_counter()
             report("stage_start", stage=stage, run=run.id)
             how, source = settle_stage(cfg, run, index, hashes, fp)
-            if how == "ran":
-                release_memory()
             seconds = time.perf_counter() - started
             outcomes.append(StageOutcome(stage, how, seconds, source))
             report("stage_done", stage=stage, how=how, seconds=round(seconds, 3), source=source)
@@ -204,6 +202,7 @@ def settle_stage(
     if source is not None:
         return "reused", source
     STAGE_FUNCTIONS[stage](cfg)
+    release_memory()  # the next stage of this process (run, quickstart, tune) starts lean
     return "ran", None
 
 
